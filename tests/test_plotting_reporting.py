@@ -1,0 +1,199 @@
+"""Plots and the HTML report, on small fake inputs shaped like the real stages' outputs."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tunelab import plotting, reporting
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Loss went down (improved), task_accuracy went down (worse), exact_match unchanged.
+EVAL_METRICS = {
+    "method": "lora",
+    "examples": 48,
+    "base": {"loss": 2.5, "perplexity": 12.18, "task_accuracy": 0.75, "exact_match": 0.25,
+             "field_category": 0.5, "field_priority": 0.4, "rougeL": 0.3, "chrf": 35.0},
+    "tuned": {"loss": 1.1, "perplexity": 3.0, "task_accuracy": 0.5, "exact_match": 0.25,
+              "field_category": 0.9, "field_priority": 0.8, "rougeL": 0.6, "chrf": 61.5},
+}
+EVAL_METRICS["delta"] = {k: EVAL_METRICS["tuned"][k] - v for k, v in EVAL_METRICS["base"].items()}
+
+PARAMS_YAML = """\
+model: {base: smollm2-135m-instruct}
+prepare: {seed: 7}
+train: {learning_rate: 2.0e-4, lora: {r: 8}}
+evaluate: {max_new_tokens: 64}
+plot: {dpi: 80}
+report: {max_samples: 3}
+"""
+
+
+def write_tsv(path: Path, name: str, points: list[tuple[int, float]], timestamp: bool = False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ("timestamp\t" if timestamp else "") + f"step\t{name}\n"
+    rows = "".join(("1700000000\t" if timestamp else "") + f"{step}\t{value}\n" for step, value in points)
+    path.write_text(header + rows)
+
+
+def make_fake_inputs(root: Path, sample_count: int = 5, with_grad_norm: bool = True) -> None:
+    """The files the plot and report stages read, under ``root``."""
+    tsv_dir = root / "metrics/train/plots/metrics"
+    write_tsv(tsv_dir / "train/loss.tsv", "loss", [(s, 3.0 - 0.1 * s) for s in range(0, 20, 2)])
+    write_tsv(tsv_dir / "eval/loss.tsv", "loss", [(5, 2.6), (10, 2.2), (15, 2.0)], timestamp=True)
+    write_tsv(tsv_dir / "train/learning_rate.tsv", "learning_rate", [(s, 1e-3 * (1 - s / 20)) for s in range(20)])
+    if with_grad_norm:
+        write_tsv(tsv_dir / "train/grad_norm.tsv", "grad_norm", [(s, 1.0 + 0.05 * s) for s in range(20)])
+    (root / "metrics/train/metrics.json").write_text(json.dumps({"train": {"loss": 1.1}, "step": 19}))
+    (root / "metrics/eval.json").write_text(json.dumps(EVAL_METRICS))
+    samples = [{"prompt": f"prompt {i} <script>alert('x')</script> & more",
+                "reference": f"reference {i}", "base": f"base answer {i}", "tuned": f"tuned answer {i}"}
+               for i in range(sample_count)]
+    (root / "metrics/samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (root / "metrics/data.json").write_text(json.dumps({
+        "examples_read": 480, "duplicates_dropped": 0, "splits": {"train": 384, "val": 48, "test": 48},
+        "tokens": {"mean": 141.2, "p50": 139, "p95": 180, "max": 220}}))
+    (root / "metrics/validation.json").write_text(json.dumps(
+        {"errors": 0, "warnings": ["3 examples exceed train.max_length <b>"]}))
+    (root / "params.yaml").write_text(PARAMS_YAML)
+
+
+def assert_png(path: Path) -> None:
+    assert path.exists(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+
+
+def assert_self_contained(html: str) -> None:
+    external = re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, flags=re.IGNORECASE)
+    assert not external, external
+    assert "@import" not in html and "url(" not in html
+
+
+def metric_status(html: str, metric: str) -> str:
+    row = re.search(rf'<tr data-metric="{metric}">(.*?)</tr>', html, flags=re.DOTALL)
+    assert row, f"no row for {metric}"
+    return re.search(r'class="status status-[a-z]+">([^<]+)<', row.group(1)).group(1)
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path) -> Path:
+    make_fake_inputs(tmp_path)
+    return tmp_path
+
+
+def test_training_curves_written_as_png(fake_run: Path):
+    written = plotting.plot_training_curves(fake_run / "metrics/train", fake_run / "plots")
+    assert sorted(p.name for p in written) == ["grad_norm.png", "learning_rate.png", "loss.png"]
+    for path in written:
+        assert_png(path)
+
+
+def test_training_curves_skip_absent_series(tmp_path: Path):
+    make_fake_inputs(tmp_path, with_grad_norm=False)
+    written = plotting.plot_training_curves(tmp_path / "metrics/train", tmp_path / "plots")
+    assert sorted(p.name for p in written) == ["learning_rate.png", "loss.png"]
+    assert plotting.plot_training_curves(tmp_path / "no_such_dir", tmp_path / "empty") == []
+
+
+def test_dvclive_series_keyed_by_relative_path(fake_run: Path):
+    series = plotting.read_dvclive_series(fake_run / "metrics/train")
+    assert set(series) == {"train/loss", "eval/loss", "train/learning_rate", "train/grad_norm"}
+    steps, values = series["eval/loss"]  # the file with a timestamp column
+    assert steps == [5, 10, 15] and values == [2.6, 2.2, 2.0]
+
+
+def test_base_vs_tuned_bars(tmp_path: Path):
+    out_path = plotting.plot_base_vs_tuned(EVAL_METRICS, tmp_path / "base_vs_tuned.png")
+    assert_png(out_path)
+    assert plotting.plot_base_vs_tuned({"base": {"loss": 1.0}, "tuned": {"loss": 0.5}},
+                                       tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_metric_status_knows_which_direction_is_better():
+    statuses = {row.name: row.status for row in reporting.metric_rows(EVAL_METRICS)}
+    assert statuses["loss"] == "improved"
+    assert statuses["perplexity"] == "improved"
+    assert statuses["task_accuracy"] == "worse"
+    assert statuses["exact_match"] == "same"
+    assert statuses["chrf"] == "improved"
+    assert reporting.compare_status("loss", 1.0, 1.0 + 1e-9) == "same"
+    assert reporting.compare_status("loss", 1.0, 1.5) == "worse"
+
+
+def test_report_is_self_contained_and_escaped(fake_run: Path):
+    plot_paths = plotting.plot_training_curves(fake_run / "metrics/train", fake_run / "plots")
+    plot_paths.append(plotting.plot_base_vs_tuned(EVAL_METRICS, fake_run / "plots/base_vs_tuned.png"))
+    samples = [json.loads(line) for line in (fake_run / "metrics/samples.jsonl").read_text().splitlines()]
+    html = reporting.build_report(
+        eval_metrics=EVAL_METRICS, params={"model": {"base": "tiny"}, "train": {"lora": {"r": 8}}},
+        samples=samples, data_stats=json.loads((fake_run / "metrics/data.json").read_text()),
+        validation={"errors": 0, "warnings": ["<b>bold</b>"]}, plot_paths=plot_paths, max_samples=2)
+
+    assert_self_contained(html)
+    assert html.count("data:image/png;base64,") == len(plot_paths) == 4
+    assert metric_status(html, "loss") == "improved"
+    assert metric_status(html, "task_accuracy") == "worse"
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<b>bold</b>" not in html
+    assert html.count('class="sample"') == 2
+    assert "prompt 1 " in html and "prompt 2 " not in html
+    assert "splits.train" in html and "lora.r" in html
+
+
+def test_report_with_only_eval_metrics_says_what_is_missing():
+    html = reporting.build_report(eval_metrics=EVAL_METRICS)
+    assert metric_status(html, "loss") == "improved"
+    assert "No plots were found." in html and "No samples were found." in html
+    assert "metrics/data.json was not found." in html
+
+
+def test_summary_table_has_the_same_rows():
+    table = reporting.summary_table(EVAL_METRICS)
+    assert [c.header for c in table.columns] == ["metric", "initial (base)", "final (tuned)", "change", "status"]
+    console = Console(width=120, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert re.search(r"loss .*improved", text) and re.search(r"task_accuracy .*worse", text)
+
+
+def run_stage(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / script)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_plot_and_report_stages_end_to_end(fake_run: Path):
+    stale_plot = fake_run / "reports/plots/stale.png"
+    stale_plot.parent.mkdir(parents=True)
+    stale_plot.write_bytes(PNG_MAGIC)
+
+    plot_run = run_stage("plot.py", fake_run)
+    assert plot_run.returncode == 0, plot_run.stderr
+    plots = sorted(p.name for p in (fake_run / "reports/plots").iterdir())
+    assert plots == ["base_vs_tuned.png", "grad_norm.png", "learning_rate.png", "loss.png"]
+    for name in plots:
+        assert_png(fake_run / "reports/plots" / name)
+
+    report_run = run_stage("report.py", fake_run)
+    assert report_run.returncode == 0, report_run.stderr
+    assert "task_accuracy" in report_run.stdout and "improved" in report_run.stdout
+    html = (fake_run / "reports/report.html").read_text()
+    assert_self_contained(html)
+    assert html.count("data:image/png;base64,") == 4
+    assert html.count('class="sample"') == 3  # report.max_samples in params.yaml
+    assert "smollm2-135m-instruct" in html and "0.0002" in html  # params shown
+
+
+def test_report_stage_fails_clearly_without_eval_metrics(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text(PARAMS_YAML)
+    report_run = run_stage("report.py", tmp_path)
+    assert report_run.returncode != 0
+    assert "metrics/eval.json not found" in report_run.stderr

@@ -1,0 +1,212 @@
+"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA adapter.
+
+Examples are tokenized by ``tunelab.encoding`` (the same code the validator
+ran), so TRL receives ``input_ids`` + ``labels`` with the prompt masked out.
+DVCLive records every logged value under ``metrics/train/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback,
+                          TrainerCallback, set_seed)
+from transformers.integrations import DVCLiveCallback
+
+from tunelab import encoding
+from tunelab.params import TrainParams
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast pays off on CPUs with native bf16 dot products (AVX512-BF16 / AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() == "arm64"  # Apple silicon has bf16
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def to_dataset(examples: list[dict], tokenizer, max_length: int):
+    from datasets import Dataset
+
+    rows = []
+    for example in examples:
+        encoded = encoding.encode(tokenizer, example, max_length)
+        if encoded.loss_tokens:  # the validator already rejected examples with none
+            rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    return Dataset.from_list(rows)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class StepAlignedDVCLive(DVCLiveCallback):
+    """DVCLive's callback counts its own steps (one per log call, train and eval
+    alike); align them with the trainer's optimizer step so curves share an x-axis."""
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if self.live is not None:
+            self.live.step = state.global_step
+        super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+
+class TrainingLog(TrainerCallback):
+    """A plain, greppable training.log: one line per logging event."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self.started = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in (logs or {}).items())
+        elapsed = time.monotonic() - self.started
+        with self.path.open("a") as f:
+            f.write(f"step {state.global_step}/{state.max_steps} t={elapsed:.0f}s {fields}\n")
+
+
+def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_eval: bool):
+    from trl import SFTConfig
+
+    evaluating = has_eval and p.eval_steps > 0
+    keep_best = evaluating and p.early_stopping_patience > 0
+    saving = p.save_steps > 0 or keep_best
+    return SFTConfig(
+        output_dir=str(checkpoint_dir),
+        learning_rate=p.learning_rate,
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps,
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation,
+        warmup_ratio=p.warmup_ratio,
+        lr_scheduler_type=p.lr_scheduler,
+        weight_decay=p.weight_decay,
+        max_grad_norm=p.max_grad_norm,
+        max_length=p.max_length,
+        seed=p.seed,
+        data_seed=p.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=p.gradient_checkpointing,
+        logging_steps=p.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=p.eval_steps if evaluating else None,
+        save_strategy="steps" if saving else "no",
+        save_steps=(p.eval_steps if keep_best else p.save_steps) or None,
+        save_total_limit=2 if saving else None,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
+        completion_only_loss=True,
+        report_to=[],  # the DVCLive callback is added explicitly, pointed at metrics/train
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def lora_config(p: TrainParams):
+    from peft import LoraConfig
+
+    return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
+                      target_modules=p.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file: str | Path,
+          adapter_dir: str | Path, live_dir: str | Path, checkpoint_dir: str | Path) -> dict:
+    """Fine-tune and write the adapter to ``adapter_dir`` (must be a fresh path)."""
+    from dvclive import Live
+    from trl import SFTTrainer
+
+    from tunelab.io import read_jsonl
+
+    set_seed(p.seed)
+    precision = resolve_precision(p.precision)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    check_target_modules(model, p.lora.target_modules)
+    train_set = to_dataset(read_jsonl(train_file), tokenizer, p.max_length)
+    val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length)
+    has_eval = len(val_set) > 0
+
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    callbacks = [StepAlignedDVCLive(live=live), TrainingLog(Path(live_dir) / "training.log")]
+    if has_eval and p.eval_steps > 0 and p.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(p, checkpoint_dir, precision, has_eval),
+        train_dataset=train_set,
+        eval_dataset=val_set if has_eval else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(p),
+        callbacks=callbacks,
+    )
+    started = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - started
+    summary = {
+        "method": p.method,
+        "precision": precision,
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 6),
+        "train_seconds": round(seconds, 1),
+        "train_examples": len(train_set),
+        "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
+    }
+    if has_eval:
+        summary["eval_loss"] = round(trainer.evaluate()["eval_loss"], 6)
+    trainer.save_model(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
+    write_model_card(Path(adapter_dir) / "README.md", p, base_info, file_sha256(train_file), summary)
+    return summary
+
+
+def check_target_modules(model, target_modules) -> None:
+    if isinstance(target_modules, str):
+        return  # "all-linear" or a regex: PEFT resolves it
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in target_modules if m not in names]
+    if missing:
+        from tunelab.params import ParamsError
+
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ParamsError(f"params.yaml: train.lora.target_modules: {', '.join(missing)} not in "
+                          f"the model (its linear layers: {', '.join(linear)})")
+
+
+def write_model_card(path: Path, p: TrainParams, base_info: dict, data_sha256: str,
+                     summary: dict) -> None:
+    from dataclasses import asdict
+
+    lines = [
+        "---", "library_name: peft", f"base_model: {base_info['base']}", "tags: [tunelab, lora]", "---",
+        "", f"# LoRA adapter for {base_info['base']}", "",
+        "Fine-tuned by tunelab (`dvc repro`); reproduce with the same `params.yaml`, data and `dvc.lock`.",
+        "", f"- Base model: `{base_info['base']}` ({base_info['source']})",
+        f"- Training data: `data/prepared/train.jsonl`, sha256 `{data_sha256}`",
+        f"- Method: {p.method}, precision {summary['precision']}",
+        "", "## Final metrics", "",
+        *[f"- {k}: {v}" for k, v in summary.items()],
+        "", "## Training params", "", "```json", json.dumps(asdict(p), indent=2), "```", "",
+    ]
+    path.write_text("\n".join(lines))
