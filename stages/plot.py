@@ -7,18 +7,15 @@ grad_norm.png the current logger no longer produces) never lingers.
 
 from pathlib import Path
 
-from tunelab import io, params, plotting
+from tunelab import io, params, plotting, stage
 
 LIVE_DIR = Path("metrics/train")
 EVAL_METRICS = Path("metrics/eval.json")
 PLOTS_DIR = Path("reports/plots")
 
 
-def main() -> None:
-    try:
-        plot_params = params.load("plot")
-    except params.ParamsError as err:
-        raise SystemExit(f"plot: {err}") from None  # one line, not a traceback
+def main() -> int:
+    plot_params = params.load("plot")
     with io.atomic_path(PLOTS_DIR) as staging_dir:
         staging_dir.mkdir()
         written = plotting.plot_training_curves(LIVE_DIR, staging_dir, dpi=plot_params.dpi)
@@ -35,7 +32,8 @@ def main() -> None:
         print(f"plot: wrote {', '.join(names)} to {PLOTS_DIR}/")
     else:
         print(f"plot: no data found under {LIVE_DIR} or in {EVAL_METRICS}; {PLOTS_DIR}/ is empty")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    stage.run(main, "plot")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab import io, params, reporting
+from tunelab import io, params, reporting, stage
 
 EVAL_METRICS = Path("metrics/eval.json")
 SAMPLES = Path("metrics/samples.jsonl")
@@ -20,16 +20,13 @@ PLOTS_DIR = Path("reports/plots")
 REPORT = Path("reports/report.html")
 
 
-def main() -> None:
-    try:
-        report_params = params.load("report")
-        # Validated sections, defaults filled in: the report shows what the run used.
-        shown_params = {section: dataclasses.asdict(params.load(section))
-                        for section in reporting.REPORTED_PARAM_SECTIONS}
-    except params.ParamsError as err:
-        raise SystemExit(f"report: {err}") from None  # one line, not a traceback
+def main() -> int:
+    report_params = params.load("report")
+    # Validated sections, defaults filled in: the report shows what the run used.
+    shown_params = {section: dataclasses.asdict(params.load(section))
+                    for section in reporting.REPORTED_PARAM_SECTIONS}
     if not EVAL_METRICS.exists():
-        raise SystemExit(f"report: {EVAL_METRICS} not found; run the evaluate stage first")
+        raise io.DataError(f"{EVAL_METRICS} not found; run the evaluate stage first")
 
     eval_metrics = io.read_json(EVAL_METRICS)
     html = reporting.build_report(
@@ -45,6 +42,7 @@ def main() -> None:
 
     Console().print(reporting.summary_table(eval_metrics))
     print(f"report: wrote {REPORT}")
+    return 0
 
 
 def _read_optional_json(path: Path):
@@ -52,4 +50,4 @@ def _read_optional_json(path: Path):
 
 
 if __name__ == "__main__":
-    main()
+    stage.run(main, "report")

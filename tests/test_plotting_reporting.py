@@ -46,11 +46,11 @@ def write_tsv(path: Path, name: str, points: list[tuple[int, float]], timestamp:
 def make_fake_inputs(root: Path, sample_count: int = 5, with_grad_norm: bool = True) -> None:
     """The files the plot and report stages read, under ``root``."""
     tsv_dir = root / "metrics/train/plots/metrics"
-    write_tsv(tsv_dir / "train/loss.tsv", "loss", [(s, 3.0 - 0.1 * s) for s in range(0, 20, 2)])
+    write_tsv(tsv_dir / "loss.tsv", "loss", [(s, 3.0 - 0.1 * s) for s in range(0, 20, 2)])
     write_tsv(tsv_dir / "eval/loss.tsv", "loss", [(5, 2.6), (10, 2.2), (15, 2.0)], timestamp=True)
-    write_tsv(tsv_dir / "train/learning_rate.tsv", "learning_rate", [(s, 1e-3 * (1 - s / 20)) for s in range(20)])
+    write_tsv(tsv_dir / "learning_rate.tsv", "learning_rate", [(s, 1e-3 * (1 - s / 20)) for s in range(20)])
     if with_grad_norm:
-        write_tsv(tsv_dir / "train/grad_norm.tsv", "grad_norm", [(s, 1.0 + 0.05 * s) for s in range(20)])
+        write_tsv(tsv_dir / "grad_norm.tsv", "grad_norm", [(s, 1.0 + 0.05 * s) for s in range(20)])
     (root / "metrics/train/metrics.json").write_text(json.dumps({"train": {"loss": 1.1}, "step": 19}))
     (root / "metrics/eval.json").write_text(json.dumps(EVAL_METRICS))
     samples = [{"prompt": f"prompt {i} <script>alert('x')</script> & more",
@@ -104,7 +104,7 @@ def test_training_curves_skip_absent_series(tmp_path: Path):
 
 def test_dvclive_series_keyed_by_relative_path(fake_run: Path):
     series = plotting.read_dvclive_series(fake_run / "metrics/train")
-    assert set(series) == {"train/loss", "eval/loss", "train/learning_rate", "train/grad_norm"}
+    assert set(series) == {"loss", "eval/loss", "learning_rate", "grad_norm"}
     steps, values = series["eval/loss"]  # the file with a timestamp column
     assert steps == [5, 10, 15] and values == [2.6, 2.2, 2.0]
 

@@ -80,20 +80,25 @@ def deduplicate(examples: list[dict]) -> tuple[list[dict], int]:
 
 
 def split(examples: list[dict], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list]:
-    def rank(example):
-        return hashlib.sha256(f"{seed}\0{content_key(example)}".encode()).hexdigest()
+    """Assign each example by where its seeded content hash falls in [0, 1).
 
-    ordered = sorted(examples, key=rank)
-    n_test = round(len(ordered) * test_ratio)
-    n_val = round(len(ordered) * val_ratio)
-    if len(ordered) - n_test - n_val < 1:
-        raise DataError(f"only {len(ordered)} unique examples: too few to split "
-                        f"(prepare.val_ratio={val_ratio}, prepare.test_ratio={test_ratio})")
-    # Keep the file order inside each split: easier to read and diff.
-    position = {id(e): i for i, e in enumerate(examples)}
-    parts = {"test": ordered[:n_test], "val": ordered[n_test:n_test + n_val],
-             "train": ordered[n_test + n_val:]}
-    return {name: sorted(part, key=lambda e: position[id(e)]) for name, part in parts.items()}
+    Membership depends only on the example itself, so adding data never moves
+    an old example to another split; sizes are therefore close to, not exactly,
+    the ratios.
+    """
+    parts: dict[str, list] = {"train": [], "val": [], "test": []}
+    for example in examples:  # file order is kept inside each split: easier to read and diff
+        digest = hashlib.sha256(f"{seed}\0{content_key(example)}".encode()).digest()
+        position = int.from_bytes(digest[:8], "big") / 2**64
+        name = "test" if position < test_ratio else "val" if position < test_ratio + val_ratio else "train"
+        parts[name].append(example)
+    empty = [name for name, ratio in (("train", 1), ("val", val_ratio), ("test", test_ratio))
+             if ratio > 0 and not parts[name]]
+    if empty:
+        raise DataError(f"only {len(examples)} unique examples: the {' and '.join(empty)} split "
+                        f"would be empty (prepare.val_ratio={val_ratio}, "
+                        f"prepare.test_ratio={test_ratio}); add data or raise the ratios")
+    return parts
 
 
 def length_stats(lengths: list[int]) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,8 @@ class LoraParams:
 class TrainParams:
     method: str = "lora"
     learning_rate: float = 1e-3
-    epochs: float = 2
-    max_steps: int = -1
+    epochs: float = 1
+    max_steps: int = 30
     batch_size: int = 8
     gradient_accumulation: int = 1
     warmup_ratio: float = 0.05
@@ -68,7 +69,7 @@ class TrainParams:
     precision: str = "auto"
     gradient_checkpointing: bool = False
     logging_steps: int = 5
-    eval_steps: int = 20
+    eval_steps: int = 15
     save_steps: int = 0
     early_stopping_patience: int = 0
     lora: LoraParams = field(default_factory=LoraParams)
@@ -76,8 +77,8 @@ class TrainParams:
 
 @dataclass
 class EvaluateParams:
-    max_new_tokens: int = 96
-    batch_size: int = 16
+    max_new_tokens: int = 64
+    batch_size: int = 24
     max_examples: int = 0
 
 
@@ -196,6 +197,10 @@ def _coerce(key: str, value, hint, path):
 
 
 def _check_value(key: str, value, path):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{path}: {key}: must be a finite number, got {value}")
+    if key == "train.max_steps" and not (value == -1 or value > 0):
+        raise ParamsError(f"{path}: {key}: must be -1 (train for `epochs`) or > 0, got {value}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ParamsError(f"{path}: {key}: must be one of {', '.join(CHOICES[key])}, "
                           f"got {value!r}")

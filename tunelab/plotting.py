@@ -19,13 +19,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tunelab import io  # noqa: E402
 
-# DVCLive names a series by its path under plots/metrics/ (e.g. "train/loss").
-# The logging callback decides the exact names, so each figure lists the names
-# it accepts, most likely first; the first one found wins.
-TRAIN_LOSS_NAMES = ("train/loss", "train/train_loss", "loss", "train_loss")
-EVAL_LOSS_NAMES = ("eval/loss", "eval/eval_loss", "eval_loss", "val/loss")
-LEARNING_RATE_NAMES = ("train/learning_rate", "learning_rate", "train/lr", "lr")
-GRAD_NORM_NAMES = ("train/grad_norm", "grad_norm")
+# DVCLive names a series by its path under plots/metrics/. transformers' DVCLive
+# callback logs the per-step train loss as "loss" ("train/loss" is the one-row
+# end-of-run summary), eval loss as "eval/loss", and "learning_rate", "grad_norm".
+TRAIN_LOSS_NAMES = ("loss",)
+EVAL_LOSS_NAMES = ("eval/loss",)
+LEARNING_RATE_NAMES = ("learning_rate",)
+GRAD_NORM_NAMES = ("grad_norm",)
 
 # Metrics that live on a 0..1 scale and so share one bar chart's y axis.
 UNIT_SCALE_METRICS = ("task_accuracy", "exact_match")

@@ -95,7 +95,7 @@ def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_e
         per_device_train_batch_size=p.batch_size,
         per_device_eval_batch_size=p.batch_size,
         gradient_accumulation_steps=p.gradient_accumulation,
-        warmup_ratio=p.warmup_ratio,
+        warmup_steps=p.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
         lr_scheduler_type=p.lr_scheduler,
         weight_decay=p.weight_decay,
         max_grad_norm=p.max_grad_norm,
@@ -172,7 +172,10 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
     }
     if has_eval:
-        summary["eval_loss"] = round(trainer.evaluate()["eval_loss"], 6)
+        last_eval = [log for log in trainer.state.log_history if "eval_loss" in log]
+        if not last_eval or last_eval[-1]["step"] != trainer.state.global_step:
+            last_eval.append(trainer.evaluate())  # the run did not end on an eval step
+        summary["eval_loss"] = round(last_eval[-1]["eval_loss"], 6)
     trainer.save_model(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())

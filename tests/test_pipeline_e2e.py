@@ -1,0 +1,113 @@
+"""End to end: `dvc repro` and `dvc exp run -S ...` in a temporary git copy of
+this repo, with the real embedded model and a handful of steps."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["base", "prepare", "validate", "train", "evaluate", "plot", "report"]
+QUICK = {  # a few steps and a few test examples: minutes, not the real run
+    "train": {"max_steps": 3, "batch_size": 4, "eval_steps": 0, "logging_steps": 1},
+    "evaluate": {"max_examples": 6, "max_new_tokens": 48, "batch_size": 6},
+}
+
+pytestmark = pytest.mark.e2e
+
+
+def run(args, cwd, check=True):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    copy = tmp_path_factory.mktemp("tunelab") / "repo"
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    for section, values in QUICK.items():
+        params[section].update(values)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], copy)
+    run(["git", "config", "user.email", "e2e@tunelab.local"], copy)
+    run(["git", "config", "user.name", "tunelab e2e"], copy)
+    run(["git", "add", "-A"], copy)
+    run(["git", "commit", "-qm", "quick params"], copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def reproduced(repo_copy):
+    result = run(["dvc", "repro"], repo_copy)
+    return repo_copy, result
+
+
+def test_repro_runs_every_stage_and_writes_outputs(reproduced):
+    repo, result = reproduced
+    assert ran_stages(result.stdout) == STAGES
+    assert (repo / "models/adapter/adapter_model.safetensors").is_file()
+    assert (repo / "dvc.lock").is_file()
+    metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert set(metrics["base"]) == set(metrics["tuned"]) == set(metrics["delta"])
+    assert {"loss", "perplexity", "task_accuracy", "exact_match", "rougeL", "chrf",
+            "field_category"} <= set(metrics["tuned"])
+    assert all(0 <= metrics[m]["task_accuracy"] <= 1 for m in ("base", "tuned"))
+    assert metrics["examples"] == 6 and metrics["method"] == "lora"
+    samples = (repo / "metrics/samples.jsonl").read_text().splitlines()
+    assert len(samples) == 6
+    html = (repo / "reports/report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2
+    assert "https://" not in html and "http://" not in html
+    assert (repo / "metrics/train/plots/metrics/loss.tsv").is_file()
+
+
+def test_second_repro_reruns_nothing(reproduced):
+    repo, _ = reproduced
+    result = run(["dvc", "repro"], repo)
+    assert ran_stages(result.stdout) == []
+    assert "up to date" in result.stdout
+
+
+def test_evaluate_param_reruns_only_downstream_stages(reproduced):
+    repo, _ = reproduced
+    original = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(original.replace("max_new_tokens: 48", "max_new_tokens: 40"))
+    try:
+        result = run(["dvc", "repro", "--dry"], repo)
+        assert ran_stages(result.stdout) == ["evaluate", "plot", "report"]
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def test_experiment_with_new_learning_rate_is_listed_and_diffable(reproduced):
+    repo, _ = reproduced
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline run"], repo)
+    run(["dvc", "exp", "run", "-S", "train.learning_rate=1e-4", "-n", "lr-1e-4"], repo)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+    names = {exp.get("name") for exp in experiments}
+    assert "lr-1e-4" in names
+    exp_data = next(e for e in experiments if e.get("name") == "lr-1e-4")["revs"][0]["data"]
+    assert exp_data["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 1e-4
+    assert "tuned" in exp_data["metrics"]["metrics/eval.json"]["data"]
+    diff = run(["dvc", "metrics", "diff", "--json"], repo)
+    assert "metrics/train/summary.json" in json.loads(diff.stdout)

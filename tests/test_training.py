@@ -1,0 +1,139 @@
+"""Training on a tiny random-initialised Llama: real TRL + PEFT, seconds on CPU."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tunelab import evaluation, io, training
+from tunelab.params import LoraParams, ParamsError, TrainParams
+
+COLORS = {"apple": "red", "banana": "yellow", "grass": "green", "sky": "blue",
+          "snow": "white", "coal": "black", "orange": "orange", "plum": "purple"}
+
+
+@pytest.fixture(scope="module")
+def tiny_base_dir(tokenizer, tmp_path_factory):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         # Large init: with the default 0.02 the frozen tied embeddings cap
+                         # every logit near 1, so no adapter could make an answer likely.
+                         initializer_range=0.3,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    folder = tmp_path_factory.mktemp("tiny_base")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "tunelab_base.json").write_text(json.dumps({"base": "tiny-llama", "source": "test"}))
+    return folder
+
+
+def color_examples(repeat: int) -> list[dict]:
+    rows = []
+    for i in range(repeat):
+        for thing, color in COLORS.items():
+            rows.append({"messages": [{"role": "user", "content": f"Color of {thing}?"},
+                                      {"role": "assistant", "content": color}],
+                         "task": None, "source": f"colors.jsonl:{len(rows) + 1}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("train")
+    io.write_jsonl_atomic(work / "train.jsonl", color_examples(4))
+    io.write_jsonl_atomic(work / "val.jsonl", color_examples(1))
+    p = TrainParams(learning_rate=3e-2, max_steps=60, batch_size=8, eval_steps=20,
+                    logging_steps=1, warmup_ratio=0.0, precision="fp32",
+                    lora=LoraParams(r=8, alpha=32, dropout=0.0))
+    summary = training.train(p, tiny_base_dir, work / "train.jsonl", work / "val.jsonl",
+                             work / "adapter", work / "live", work / "checkpoints")
+    return work, summary
+
+
+def read_tsv(path):
+    lines = path.read_text().splitlines()[1:]
+    return [(int(line.split("\t")[-2]), float(line.split("\t")[-1])) for line in lines]
+
+
+def test_training_loss_falls_and_summary_is_complete(trained):
+    work, summary = trained
+    losses = [value for _, value in read_tsv(work / "live/plots/metrics/loss.tsv")]
+    assert len(losses) == 60
+    assert losses[-1] < 0.5 * losses[0]
+    assert summary["steps"] == 60
+    assert summary["method"] == "lora" and summary["precision"] == "fp32"
+    assert summary["train_examples"] == 32
+    assert 0 < summary["eval_loss"] < losses[0]
+
+
+def test_curves_share_the_optimizer_step_axis(trained):
+    work, _ = trained
+    eval_steps = [step for step, _ in read_tsv(work / "live/plots/metrics/eval/loss.tsv")]
+    assert eval_steps == [20, 40, 60]
+    lr_steps = [step for step, _ in read_tsv(work / "live/plots/metrics/learning_rate.tsv")]
+    assert lr_steps == list(range(1, 61))
+
+
+def test_adapter_folder_has_weights_tokenizer_and_model_card(trained):
+    work, summary = trained
+    adapter = work / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    assert (adapter / "tokenizer_config.json").is_file()
+    card = (adapter / "README.md").read_text()
+    assert "base_model: tiny-llama" in card
+    assert training.file_sha256(work / "train.jsonl") in card
+    assert f"train_loss: {summary['train_loss']}" in card
+    log = (work / "live/training.log").read_text().splitlines()
+    assert log[0].startswith("step 1/60 ")
+    assert any("eval_loss=" in line for line in log)
+
+
+def test_tuned_model_answers_in_the_learned_format_and_stops(trained, tiny_base_dir):
+    work, _ = trained
+    examples = color_examples(1)
+    model, tokenizer = evaluation.load_model(tiny_base_dir, work / "adapter")
+    tuned = evaluation.evaluate_model(model, tokenizer, examples, max_new_tokens=4,
+                                      batch_size=8, desc="tuned")
+    base_model, _ = evaluation.load_model(tiny_base_dir)
+    base = evaluation.evaluate_model(base_model, tokenizer, examples, max_new_tokens=4,
+                                     batch_size=8, desc="base")
+    # A 2-layer random model learns the answer format within seconds, not the mapping:
+    # every answer is exactly one colour word, so it learned to stop (EOS) right after.
+    assert set(tuned.outputs) <= set(COLORS.values())
+    assert tuned.metrics["loss"] < base.metrics["loss"] / 4
+    assert base.metrics["exact_match"] == 0.0
+    result = evaluation.compare(base, tuned)
+    assert set(result["base"]) == set(result["tuned"]) == set(result["delta"])
+    assert result["delta"]["loss"] < 0
+
+
+def test_same_seed_same_run(tiny_base_dir, trained, tmp_path):
+    work, summary = trained
+    p = TrainParams(learning_rate=3e-2, max_steps=60, batch_size=8, eval_steps=20,
+                    logging_steps=1, warmup_ratio=0.0, precision="fp32",
+                    lora=LoraParams(r=8, alpha=32, dropout=0.0))
+    again = training.train(p, tiny_base_dir, work / "train.jsonl", work / "val.jsonl",
+                           tmp_path / "adapter", tmp_path / "live", tmp_path / "checkpoints")
+    assert again["train_loss"] == summary["train_loss"]
+    assert again["eval_loss"] == summary["eval_loss"]
+
+
+def test_unknown_target_module_is_a_params_error(tiny_base_dir, tmp_path):
+    io.write_jsonl_atomic(tmp_path / "train.jsonl", color_examples(1))
+    p = TrainParams(max_steps=1, lora=LoraParams(target_modules=["q_proj", "qkv_proj"]))
+    with pytest.raises(ParamsError, match=r"train.lora.target_modules: qkv_proj not in the model "
+                                          r"\(its linear layers: .*q_proj"):
+        training.train(p, tiny_base_dir, tmp_path / "train.jsonl", tmp_path / "train.jsonl",
+                       tmp_path / "adapter", tmp_path / "live", tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512_bf16", "bf16"), ("fpu avx2", "fp32")])
+def test_auto_precision_follows_cpu_bf16_support(monkeypatch, flags, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: "avx512_bf16" in flags)
+    assert training.resolve_precision("auto") == expected
+    assert training.resolve_precision("fp32") == "fp32"

@@ -1,0 +1,124 @@
+"""Token checks before training (tunelab.validation), on the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tunelab import validation
+
+# "What is 2+2?" renders to a 37-token prompt and a 40-token conversation
+# (SmolLM2 adds its default system message); see test_encoding.py.
+SHORT = {"messages": [{"role": "user", "content": "What is 2+2?"},
+                      {"role": "assistant", "content": "4"}], "task": None, "source": "a.jsonl:1"}
+# 41-token prompt, 56 tokens in all.
+LONG = {"messages": [{"role": "user", "content": "Name three primary colours, please, in a list."},
+                     {"role": "assistant",
+                      "content": "Red, yellow and blue are the three primary colours of paint."}],
+        "task": None, "source": "a.jsonl:2"}
+
+NO_EOS_AFTER_ANSWER = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if message['role'] != 'assistant' %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Generation prompt says "assistant", the rendered conversation says "bot".
+PROMPT_NOT_A_PREFIX = (
+    "{% for message in messages %}"
+    "{% set role = 'bot' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<|im_start|>' + role + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def with_template(tokenizer, chat_template):
+    custom = copy.deepcopy(tokenizer)
+    custom.chat_template = chat_template
+    return custom
+
+
+def test_good_examples_pass_with_count_and_preview(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=256)
+    assert result.ok
+    assert (result.checked, result.truncated, result.errors, result.warnings) == (2, 0, [], [])
+    assert result.preview.endswith("<|im_start|>assistant\n[[4<|im_end|>\n]]")
+    assert result.summary() == {"examples_checked": 2, "errors": 0, "error_messages": [],
+                                "warnings": [], "truncated": 0}
+
+
+def test_prompt_longer_than_max_length_is_an_error(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=40)
+    assert not result.ok
+    assert result.errors == [
+        "a.jsonl:2: the prompt alone is 41 tokens, so no answer token survives "
+        "train.max_length=40 (raise train.max_length or shorten it)"]
+
+
+def test_prompt_exactly_max_length_is_an_error(tokenizer):
+    result = validation.check_examples([SHORT], tokenizer, max_length=37)
+    assert result.errors == [
+        "a.jsonl:1: the prompt alone is 37 tokens, so no answer token survives "
+        "train.max_length=37 (raise train.max_length or shorten it)"]
+
+
+def test_template_that_drops_eos_is_an_error(tokenizer):
+    result = validation.check_examples([SHORT, LONG], with_template(tokenizer, NO_EOS_AFTER_ANSWER),
+                                       max_length=256)
+    assert result.errors == [
+        f"a.jsonl:{line}: the chat template loses the EOS token '<|im_end|>' after the answer, "
+        "so the model would never learn to stop" for line in (1, 2)]
+
+
+def test_tokenizer_without_chat_template_rejects_chat_data(tokenizer):
+    result = validation.check_examples([SHORT], with_template(tokenizer, None), max_length=256)
+    assert result.errors == ["the base model's tokenizer has no chat template; "
+                             "use plain `text` data or a model with a chat template"]
+    assert result.checked == 0
+
+
+def test_tokenizer_without_chat_template_accepts_text_data(tokenizer):
+    text = {"text": "Once upon a time.", "task": None, "source": "t.jsonl:1"}
+    result = validation.check_examples([text], with_template(tokenizer, None), max_length=256)
+    assert (result.ok, result.checked) == (True, 1)
+    assert result.preview == "[[Once upon a time.<|im_end|>]]"
+
+
+def test_truncation_above_the_ratio_warns_with_counts_and_threshold(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=50)
+    assert result.ok and result.truncated == 1
+    assert result.warnings == [
+        "1 of 2 examples (50%) are cut at train.max_length=50; their answers lose their ends "
+        "(more than validate.max_truncated_ratio=0.05)"]
+
+
+def test_truncation_within_the_ratio_warns_without_threshold(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=50,
+                                       max_truncated_ratio=0.5)
+    assert result.warnings == [
+        "1 of 2 examples (50%) are cut at train.max_length=50; their answers lose their ends"]
+
+
+def test_prompt_rendered_differently_in_conversation_warns(tokenizer):
+    result = validation.check_examples([SHORT, LONG], with_template(tokenizer, PROMPT_NOT_A_PREFIX),
+                                       max_length=256)
+    assert result.ok
+    assert result.warnings == [
+        "2 examples: the chat template renders the prompt differently inside the full conversation; "
+        "training and inference contexts differ slightly"]
+
+
+def test_validate_files_puts_parse_errors_before_token_errors(tmp_path, write_jsonl, tokenizer):
+    path = write_jsonl(tmp_path / "data.jsonl", [
+        {"instruction": "Name three primary colours, please, in a list.",
+         "output": "Red, yellow and blue are the three primary colours of paint."},
+        {"instruction": "No output"},
+        {"prompt": "What is 2+2?", "completion": "4"},
+    ])
+    result = validation.validate_files([path], tokenizer, max_length=40)
+    assert result.checked == 2
+    assert result.errors == [
+        f"{path}:2: missing field 'output'",
+        f"{path}:1: the prompt alone is 41 tokens, so no answer token survives "
+        "train.max_length=40 (raise train.max_length or shorten it)"]

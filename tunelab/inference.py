@@ -1,0 +1,50 @@
+"""Load a tuned model (adapter or full folder) and answer prompts with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunelab.basemodel import ModelSourceError
+
+
+def resolve_model(model_dir: str | Path, base: str | Path | None = None) -> tuple[Path, Path | None]:
+    """(base folder, adapter folder or None) for a ``--model`` argument."""
+    model_dir = Path(model_dir)
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        base_dir = Path(base or json.loads(adapter_config.read_text())["base_model_name_or_path"])
+        if not (base_dir / "config.json").is_file():
+            raise ModelSourceError(f"{adapter_config}: base model folder {base_dir} not found "
+                                   "(pass --base DIR or run `dvc repro base`)")
+        return base_dir, model_dir
+    if (model_dir / "config.json").is_file():
+        return model_dir, None
+    raise ModelSourceError(f"{model_dir}: neither an adapter (adapter_config.json) nor a model "
+                           "folder (config.json)")
+
+
+def answer(model_dir, prompt: str, base=None, system: str | None = None,
+           compare_base: bool = False, max_new_tokens: int = 128, temperature: float = 0.0,
+           top_p: float = 1.0, seed: int = 0) -> dict[str, str]:
+    """{"tuned": ...} and, with ``compare_base``, {"base": ...} for one prompt."""
+    from tunelab import encoding, evaluation
+
+    base_dir, adapter_dir = resolve_model(model_dir, base)
+    messages = ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": prompt}]
+    example = {"messages": messages + [{"role": "assistant", "content": ""}]}
+    models = {"base": None} if compare_base and adapter_dir else {}
+    models["tuned"] = adapter_dir
+    answers = {}
+    for name, adapter in models.items():
+        model, tokenizer = evaluation.load_model(base_dir, adapter)
+        ids = encoding.prompt_ids(tokenizer, example)
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} \
+            if temperature > 0 else {}
+        answers[name] = evaluation.generate(model, tokenizer, [ids], max_new_tokens, 1,
+                                            **sampling)[0]
+    return answers
