@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 from pathlib import Path
@@ -36,6 +37,23 @@ def tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+# SmolLM2's template, except the assistant turn has no <|im_end|> (EOS) after it.
+NO_EOS_AFTER_ANSWER = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if message['role'] != 'assistant' %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture
+def no_eos_tokenizer(tokenizer):
+    """A copy of the tokenizer whose chat template drops EOS after the answer."""
+    custom = copy.deepcopy(tokenizer)
+    custom.chat_template = NO_EOS_AFTER_ANSWER
+    return custom
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:

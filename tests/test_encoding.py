@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from tunelab import encoding
@@ -14,21 +12,6 @@ QUESTION = {"messages": [{"role": "user", "content": "What is 2+2?"},
 WITH_SYSTEM = {"messages": [{"role": "system", "content": "Be brief."},
                             {"role": "user", "content": "Hi"},
                             {"role": "assistant", "content": "Hello"}]}
-
-# SmolLM2's template, except the assistant turn has no <|im_end|> (EOS) after it.
-NO_EOS_AFTER_ANSWER = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
-    "{% if message['role'] != 'assistant' %}{{ '<|im_end|>\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
-
-@pytest.fixture
-def no_eos_tokenizer(tokenizer):
-    custom = copy.deepcopy(tokenizer)
-    custom.chat_template = NO_EOS_AFTER_ANSWER
-    return custom
 
 
 def test_smollm2_tokenizer_facts(tokenizer):

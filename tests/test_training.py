@@ -137,3 +137,31 @@ def test_auto_precision_follows_cpu_bf16_support(monkeypatch, flags, expected):
     monkeypatch.setattr(training, "cpu_supports_bf16", lambda: "avx512_bf16" in flags)
     assert training.resolve_precision("auto") == expected
     assert training.resolve_precision("fp32") == "fp32"
+
+
+def test_generate_cli_prints_base_and_tuned_answers(trained, tiny_base_dir, capsys):
+    from tunelab import cli
+
+    work, _ = trained
+    status = cli.main(["generate", "--model", str(work / "adapter"), "--base", str(tiny_base_dir),
+                       "--prompt", "Color of sky?", "--compare-base", "--max-new-tokens", "4"])
+    out = capsys.readouterr().out
+    assert status == 0
+    header = out.splitlines()[1:4]  # rich draws the title, then the column headers
+    assert any("base" in line and "tuned" in line for line in header), out
+    assert any(color in out for color in COLORS.values()), out
+    tuned_only = cli.main(["generate", "--model", str(work / "adapter"), "--base",
+                           str(tiny_base_dir), "--prompt", "Color of sky?", "--max-new-tokens", "4"])
+    answer = capsys.readouterr().out.strip()
+    assert tuned_only == 0
+    assert answer in COLORS.values()
+
+
+def test_generate_cli_rejects_a_folder_that_is_no_model(tmp_path, capsys):
+    from tunelab import cli
+
+    status = cli.main(["generate", "--model", str(tmp_path), "--prompt", "hi"])
+    assert status == 1
+    assert capsys.readouterr().err.strip() == (
+        f"tunelab generate: error: {tmp_path}: neither an adapter (adapter_config.json) nor a "
+        "model folder (config.json)")

@@ -18,12 +18,6 @@ LONG = {"messages": [{"role": "user", "content": "Name three primary colours, pl
                       "content": "Red, yellow and blue are the three primary colours of paint."}],
         "task": None, "source": "a.jsonl:2"}
 
-NO_EOS_AFTER_ANSWER = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
-    "{% if message['role'] != 'assistant' %}{{ '<|im_end|>\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # Generation prompt says "assistant", the rendered conversation says "bot".
 PROMPT_NOT_A_PREFIX = (
     "{% for message in messages %}"
@@ -63,8 +57,8 @@ def test_prompt_exactly_max_length_is_an_error(tokenizer):
         "train.max_length=37 (raise train.max_length or shorten it)"]
 
 
-def test_template_that_drops_eos_is_an_error(tokenizer):
-    result = validation.check_examples([SHORT, LONG], with_template(tokenizer, NO_EOS_AFTER_ANSWER),
+def test_template_that_drops_eos_is_an_error(no_eos_tokenizer):
+    result = validation.check_examples([SHORT, LONG], no_eos_tokenizer,
                                        max_length=256)
     assert result.errors == [
         f"a.jsonl:{line}: the chat template loses the EOS token '<|im_end|>' after the answer, "
