@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunelab-setup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test test-fast repro clean-outputs
+.PHONY: setup run test test-fast repro clean-outputs bench
 
 setup: $(STAMP)
 
@@ -27,3 +27,8 @@ test: setup
 
 test-fast: setup
 	$(PYTHON) -m pytest -q -m "not e2e"
+
+# Training speed of lora, qlora, full and a plain-Trainer baseline -> metrics/bench.json.
+# Needs models/base and data/prepared (`dvc repro prepare`); more: make bench BENCH_ARGS="--steps 10"
+bench: setup
+	tunelab bench $(BENCH_ARGS)

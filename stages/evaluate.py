@@ -4,10 +4,7 @@ Reads params `evaluate`; writes metrics/eval.json ({"base", "tuned", "delta"},
 identical keys, accuracies in 0..1) and metrics/samples.jsonl.
 """
 
-import json
-from pathlib import Path
-
-from tunelab import evaluation, io, params, stage
+from tunelab import evaluation, io, models, params, stage
 
 BASE_DIR = "models/base"
 ADAPTER_DIR = "models/adapter"
@@ -22,17 +19,16 @@ def main() -> int:
     if not examples:
         raise io.DataError(f"{TEST_FILE}: the test split is empty (raise prepare.test_ratio)")
 
-    base_model, tokenizer = evaluation.load_model(BASE_DIR)
+    base_model, tokenizer = models.load_trained(BASE_DIR)
     base = evaluation.evaluate_model(base_model, tokenizer, examples, p.max_new_tokens,
                                      p.batch_size, desc="base")
     del base_model
-    tuned_model, _ = evaluation.load_model(BASE_DIR, ADAPTER_DIR)
+    tuned_model, _ = models.load_trained(BASE_DIR, ADAPTER_DIR)
     tuned = evaluation.evaluate_model(tuned_model, tokenizer, examples, p.max_new_tokens,
                                       p.batch_size, desc="tuned")
 
     result = evaluation.compare(base, tuned)
-    card = json.loads((Path(ADAPTER_DIR) / "adapter_config.json").read_text())
-    result["method"] = "lora" if card.get("peft_type") == "LORA" else card.get("peft_type")
+    result["method"] = models.read_train_info(ADAPTER_DIR)["method"]
     result["examples"] = len(examples)
     io.write_json_atomic("metrics/eval.json", result)
     io.write_jsonl_atomic("metrics/samples.jsonl", evaluation.samples(examples, base, tuned))

@@ -1,8 +1,8 @@
-"""Stage: fine-tune a LoRA adapter on the prepared train split.
+"""Stage: fine-tune on the prepared train split (train.method: lora | qlora | full).
 
-Reads params `train`; writes models/adapter/ (adapter safetensors + config,
-tokenizer, README.md model card) and metrics/train/ (DVCLive curves,
-metrics.json summary, training.log).
+Reads params `train`; writes models/adapter/ (the adapter, or a whole model for
+method=full, with tokenizer, tunelab_train.json and a README.md model card) and
+metrics/train/ (DVCLive curves, summary.json, training.log).
 """
 
 from pathlib import Path

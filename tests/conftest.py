@@ -69,3 +69,24 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 def write_jsonl():
     """``write_jsonl(path, rows) -> path``; str rows are written verbatim."""
     return _write_jsonl
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tokenizer, tmp_path_factory):
+    """A 2-layer random Llama with the SmolLM2 tokenizer, saved like models/base/."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         # Large init: with the default 0.02 the frozen tied embeddings cap
+                         # every logit near 1, so no adapter could make an answer likely.
+                         initializer_range=0.3,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    folder = tmp_path_factory.mktemp("tiny_base")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "tunelab_base.json").write_text(json.dumps({"base": "tiny-llama", "source": "test"}))
+    return folder

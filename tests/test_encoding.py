@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tunelab import encoding
 from tunelab.encoding import IGNORE_INDEX
 

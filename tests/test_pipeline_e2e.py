@@ -62,7 +62,11 @@ def reproduced(repo_copy):
 
 def test_repro_runs_every_stage_and_writes_outputs(reproduced):
     repo, result = reproduced
-    assert ran_stages(result.stdout) == STAGES
+    ran = ran_stages(result.stdout)
+    # validate may be skipped: its inputs can equal those in the committed dvc.lock,
+    # and its outputs (git-tracked metrics) are already there. Everything else is new.
+    assert ran in (STAGES, [s for s in STAGES if s != "validate"])
+    assert (repo / "metrics/validation.json").is_file()
     assert (repo / "models/adapter/adapter_model.safetensors").is_file()
     assert (repo / "dvc.lock").is_file()
     metrics = json.loads((repo / "metrics/eval.json").read_text())
@@ -90,11 +94,11 @@ def test_evaluate_param_reruns_only_downstream_stages(reproduced):
     repo, _ = reproduced
     original = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(original.replace("max_new_tokens: 48", "max_new_tokens: 40"))
-    try:
-        result = run(["dvc", "repro", "--dry"], repo)
-        assert ran_stages(result.stdout) == ["evaluate", "plot", "report"]
-    finally:
-        (repo / "params.yaml").write_text(original)
+    # --dry lists the stages whose own deps changed: evaluate and report read the
+    # `evaluate` params; plot joins once evaluate has really rewritten eval.json.
+    assert ran_stages(run(["dvc", "repro", "--dry"], repo).stdout) == ["evaluate", "report"]
+    # The real run (kept: the workspace stays consistent for the experiment test below).
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == ["evaluate", "plot", "report"]
 
 
 def test_experiment_with_new_learning_rate_is_listed_and_diffable(reproduced):

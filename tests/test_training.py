@@ -4,30 +4,12 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from tunelab import evaluation, io, training
+from tunelab import evaluation, io, models, training
 from tunelab.params import LoraParams, ParamsError, TrainParams
 
 COLORS = {"apple": "red", "banana": "yellow", "grass": "green", "sky": "blue",
           "snow": "white", "coal": "black", "orange": "orange", "plum": "purple"}
-
-
-@pytest.fixture(scope="module")
-def tiny_base_dir(tokenizer, tmp_path_factory):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         # Large init: with the default 0.02 the frozen tied embeddings cap
-                         # every logit near 1, so no adapter could make an answer likely.
-                         initializer_range=0.3,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    folder = tmp_path_factory.mktemp("tiny_base")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "tunelab_base.json").write_text(json.dumps({"base": "tiny-llama", "source": "test"}))
-    return folder
 
 
 def color_examples(repeat: int) -> list[dict]:
@@ -95,10 +77,10 @@ def test_adapter_folder_has_weights_tokenizer_and_model_card(trained):
 def test_tuned_model_answers_in_the_learned_format_and_stops(trained, tiny_base_dir):
     work, _ = trained
     examples = color_examples(1)
-    model, tokenizer = evaluation.load_model(tiny_base_dir, work / "adapter")
+    model, tokenizer = models.load_trained(tiny_base_dir, work / "adapter")
     tuned = evaluation.evaluate_model(model, tokenizer, examples, max_new_tokens=4,
                                       batch_size=8, desc="tuned")
-    base_model, _ = evaluation.load_model(tiny_base_dir)
+    base_model, _ = models.load_trained(tiny_base_dir)
     base = evaluation.evaluate_model(base_model, tokenizer, examples, max_new_tokens=4,
                                      batch_size=8, desc="base")
     # A 2-layer random model learns the answer format within seconds, not the mapping:

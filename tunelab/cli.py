@@ -3,6 +3,7 @@
     tunelab validate-data FILE...            check data files before training
     tunelab validate-config [params.yaml]    check every params section
     tunelab generate --model DIR --prompt TEXT [--compare-base]
+    tunelab bench [--steps 5] [--methods lora,qlora,full,baseline]   training speed
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tunelab import params
 from tunelab.stage import USER_ERRORS
 
 DEFAULT_BASE = "models/base"
+DEFAULT_TRAIN_DATA = "data/prepared/train.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=generate)
+
+    timing = commands.add_parser("bench", help="training speed of lora, qlora, full and a "
+                                 "plain-Trainer baseline; writes metrics/bench.json")
+    timing.add_argument("--steps", type=_positive_int, default=5, help="timed steps per contender")
+    timing.add_argument("--warmup", type=_positive_int, default=2,
+                        help="untimed steps first (allocator, thread pools)")
+    timing.add_argument("--methods", default="lora,qlora,full,baseline",
+                        help="comma-separated: lora, qlora, full, baseline")
+    timing.add_argument("--batch-size", type=_positive_int, default=8)
+    timing.add_argument("--max-length", type=_positive_int, default=256)
+    timing.add_argument("--base", default=DEFAULT_BASE, type=Path)
+    timing.add_argument("--data", default=DEFAULT_TRAIN_DATA, type=Path)
+    timing.add_argument("--output", default="metrics/bench.json", type=Path)
+    timing.set_defaults(handler=benchmark)
 
     args = parser.parse_args(argv)
     try:
@@ -114,6 +130,32 @@ def generate(args) -> int:
     table.add_row(answers["base"], answers["tuned"])
     Console().print(table)
     return 0
+
+
+def benchmark(args) -> int:
+    from tunelab import bench
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in bench.CONTENDERS]
+    if unknown or not methods:
+        print(f"tunelab bench: error: --methods: {', '.join(unknown) or 'none given'}: "
+              f"choose from {', '.join(bench.CONTENDERS)}", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in (args.base / "config.json", args.data) if not p.is_file()]
+    if missing:
+        print(f"tunelab bench: error: {', '.join(missing)} not found: "
+              "run `dvc repro prepare` first", file=sys.stderr)
+        return 2
+    from rich.console import Console
+
+    result = bench.run_bench(args.base, args.data, args.output, methods=methods,
+                             steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
+                             max_length=args.max_length,
+                             on_progress=lambda line: print(line, file=sys.stderr))
+    Console().print(bench.table(result))
+    print(f"wrote {args.output}")
+    failed = [name for name, row in result["contenders"].items() if "error" in row]
+    return 1 if failed else 0
 
 
 def _positive_int(text: str) -> int:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab import encoding, scoring
 
@@ -21,20 +19,6 @@ from tunelab import encoding, scoring
 class ModelResult:
     metrics: dict
     outputs: list[str] = field(default_factory=list)
-
-
-def load_model(base_dir: str | Path, adapter_dir: str | Path | None = None):
-    """Base model (optionally with a LoRA adapter) and its tokenizer, in eval mode."""
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        # Merged weights generate ~2x faster than an unmerged adapter on CPU, same numbers
-        # up to float rounding.
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    model.eval()
-    return model, tokenizer
 
 
 @torch.no_grad()

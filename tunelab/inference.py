@@ -10,8 +10,9 @@ import torch
 from tunelab.basemodel import ModelSourceError
 
 
-def resolve_model(model_dir: str | Path, base: str | Path | None = None) -> tuple[Path, Path | None]:
-    """(base folder, adapter folder or None) for a ``--model`` argument."""
+def resolve_model(model_dir: str | Path, base: str | Path | None = None) -> tuple[Path | None, Path]:
+    """(base folder or None, trained folder) for a ``--model`` argument: an adapter
+    folder (its base from --base or its own config) or a full model folder."""
     model_dir = Path(model_dir)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
@@ -21,7 +22,7 @@ def resolve_model(model_dir: str | Path, base: str | Path | None = None) -> tupl
                                    "(pass --base DIR or run `dvc repro base`)")
         return base_dir, model_dir
     if (model_dir / "config.json").is_file():
-        return model_dir, None
+        return (Path(base) if base else None), model_dir
     raise ModelSourceError(f"{model_dir}: neither an adapter (adapter_config.json) nor a model "
                            "folder (config.json)")
 
@@ -30,17 +31,19 @@ def answer(model_dir, prompt: str, base=None, system: str | None = None,
            compare_base: bool = False, max_new_tokens: int = 128, temperature: float = 0.0,
            top_p: float = 1.0, seed: int = 0) -> dict[str, str]:
     """{"tuned": ...} and, with ``compare_base``, {"base": ...} for one prompt."""
-    from tunelab import encoding, evaluation
+    from tunelab import encoding, evaluation, models
 
-    base_dir, adapter_dir = resolve_model(model_dir, base)
+    base_dir, trained_dir = resolve_model(model_dir, base)
+    if compare_base and base_dir is None:
+        raise ModelSourceError(f"{model_dir} is a full model: --compare-base needs --base DIR")
     messages = ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": prompt}]
     example = {"messages": messages + [{"role": "assistant", "content": ""}]}
-    models = {"base": None} if compare_base and adapter_dir else {}
-    models["tuned"] = adapter_dir
+    contenders = {"base": None} if compare_base else {}
+    contenders["tuned"] = trained_dir
     answers = {}
-    for name, adapter in models.items():
-        model, tokenizer = evaluation.load_model(base_dir, adapter)
+    for name, trained in contenders.items():
+        model, tokenizer = models.load_trained(base_dir or trained_dir, trained)
         ids = encoding.prompt_ids(tokenizer, example)
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} \

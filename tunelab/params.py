@@ -50,12 +50,22 @@ class LoraParams:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: typing.Union[str, list] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+@dataclass
+class QuantizationParams:
+    bits: int = 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
 
 
 @dataclass
 class TrainParams:
     method: str = "lora"
     learning_rate: float = 1e-3
+    full_learning_rate: float = 2e-5
     epochs: float = 1
     max_steps: int = 30
     batch_size: int = 8
@@ -68,11 +78,18 @@ class TrainParams:
     seed: int = 42
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    packing: bool = False
     logging_steps: int = 5
     eval_steps: int = 15
     save_steps: int = 0
     early_stopping_patience: int = 0
     lora: LoraParams = field(default_factory=LoraParams)
+    quantization: QuantizationParams = field(default_factory=QuantizationParams)
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """Full fine-tuning moves every weight, so it wants a far smaller rate."""
+        return self.full_learning_rate if self.method == "full" else self.learning_rate
 
 
 @dataclass
@@ -104,11 +121,13 @@ SECTIONS = {
 
 CHOICES = {
     "prepare.format": ("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text"),
-    "train.method": ("lora",),
+    "train.method": ("lora", "qlora", "full"),
+    "train.quantization.bits": (4, 8),
+    "train.quantization.quant_type": ("nf4", "fp4"),
     "train.lr_scheduler": ("cosine", "linear", "constant", "constant_with_warmup"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
 }
-POSITIVE = {"train.learning_rate", "train.batch_size", "train.gradient_accumulation",
+POSITIVE = {"train.learning_rate", "train.full_learning_rate", "train.batch_size", "train.gradient_accumulation",
             "train.max_length", "train.logging_steps", "train.lora.r", "train.lora.alpha",
             "evaluate.max_new_tokens", "evaluate.batch_size", "plot.dpi"}
 NON_NEGATIVE = {"train.epochs", "train.weight_decay", "train.max_grad_norm", "train.eval_steps",

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning with TRL's SFTTrainer and a PEFT LoRA adapter.
+"""Supervised fine-tuning with TRL's SFTTrainer: a PEFT LoRA adapter on a full or
+quantized base (lora, qlora), or every weight (full).
 
 Examples are tokenized by ``tunelab.encoding`` (the same code the validator
 ran), so TRL receives ``input_ids`` + ``labels`` with the prompt masked out.
@@ -14,11 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback,
-                          TrainerCallback, set_seed)
+from transformers import AutoTokenizer, EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.integrations import DVCLiveCallback
 
-from tunelab import encoding
+from tunelab import encoding, models
 from tunelab.params import TrainParams
 
 
@@ -89,7 +89,7 @@ def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_e
     saving = p.save_steps > 0 or keep_best
     return SFTConfig(
         output_dir=str(checkpoint_dir),
-        learning_rate=p.learning_rate,
+        learning_rate=p.peak_learning_rate,
         num_train_epochs=p.epochs,
         max_steps=p.max_steps,
         per_device_train_batch_size=p.batch_size,
@@ -105,6 +105,10 @@ def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_e
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         gradient_checkpointing=p.gradient_checkpointing,
+        # Best-fit-decreasing packing keeps examples whole; TRL then trains padding-free,
+        # and transformers masks each example from the others (tests/test_packing.py).
+        packing=p.packing,
+        packing_strategy="bfd",
         logging_steps=p.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if evaluating else "no",
@@ -126,7 +130,22 @@ def lora_config(p: TrainParams):
     from peft import LoraConfig
 
     return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
-                      target_modules=p.lora.target_modules, task_type="CAUSAL_LM")
+                      target_modules=p.lora.target_modules, use_dora=p.lora.use_dora,
+                      use_rslora=p.lora.use_rslora, task_type="CAUSAL_LM")
+
+
+def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
+    """(model, PEFT config or None): lora and qlora train an adapter, full every weight."""
+    if p.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = models.load_base(base_dir, p.quantization, precision)
+        # Casts norms to fp32 and makes input embeddings require grads, as k-bit training needs.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=p.gradient_checkpointing)
+        return model, lora_config(p)
+    model = models.load_base(base_dir)
+    return model, (lora_config(p) if p.method == "lora" else None)
 
 
 def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file: str | Path,
@@ -140,8 +159,9 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
     set_seed(p.seed)
     precision = resolve_precision(p.precision)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    check_target_modules(model, p.lora.target_modules)
+    model, peft_config = model_to_train(p, base_dir, precision)
+    if peft_config is not None:
+        check_target_modules(model, p.lora.target_modules)
     train_set = to_dataset(read_jsonl(train_file), tokenizer, p.max_length)
     val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length)
     has_eval = len(val_set) > 0
@@ -156,7 +176,7 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         train_dataset=train_set,
         eval_dataset=val_set if has_eval else None,
         processing_class=tokenizer,
-        peft_config=lora_config(p),
+        peft_config=peft_config,
         callbacks=callbacks,
     )
     started = time.monotonic()
@@ -169,6 +189,7 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         "train_loss": round(result.training_loss, 6),
         "train_seconds": round(seconds, 1),
         "train_examples": len(train_set),
+        "train_rows": len(trainer.train_dataset),  # fewer than examples when packing
         "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
     }
     if has_eval:
@@ -178,6 +199,8 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         summary["eval_loss"] = round(last_eval[-1]["eval_loss"], 6)
     trainer.save_model(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
+    models.write_train_info(adapter_dir, p.method, precision,
+                            p.quantization if p.method == "qlora" else None)
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
     write_model_card(Path(adapter_dir) / "README.md", p, base_info, file_sha256(train_file), summary)
     return summary
@@ -197,13 +220,18 @@ def check_target_modules(model, target_modules) -> None:
                           f"the model (its linear layers: {', '.join(linear)})")
 
 
+METHOD_TITLES = {"lora": "LoRA adapter", "qlora": "QLoRA adapter (trained on a quantized base)",
+                 "full": "Full fine-tune"}
+
+
 def write_model_card(path: Path, p: TrainParams, base_info: dict, data_sha256: str,
                      summary: dict) -> None:
     from dataclasses import asdict
 
     lines = [
-        "---", "library_name: peft", f"base_model: {base_info['base']}", "tags: [tunelab, lora]", "---",
-        "", f"# LoRA adapter for {base_info['base']}", "",
+        "---", *(["library_name: peft"] if p.method != "full" else []),
+        f"base_model: {base_info['base']}", f"tags: [tunelab, {p.method}]", "---",
+        "", f"# {METHOD_TITLES[p.method]} of {base_info['base']}", "",
         "Fine-tuned by tunelab (`dvc repro`); reproduce with the same `params.yaml`, data and `dvc.lock`.",
         "", f"- Base model: `{base_info['base']}` ({base_info['source']})",
         f"- Training data: `data/prepared/train.jsonl`, sha256 `{data_sha256}`",
