@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunelab-setup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test test-fast repro clean-outputs bench
+.PHONY: setup run test test-fast bench
 
 setup: $(STAMP)
 
