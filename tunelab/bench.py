@@ -222,17 +222,7 @@ def measure_one(name: str, base_dir, train_file, steps: int, warmup: int, batch_
 
 def tunelab_trainer(p: TrainParams, base_dir, train_file, output_dir):
     """The SFTTrainer that ``training.train`` builds, without its logging and saving."""
-    from transformers import AutoTokenizer, set_seed
-    from trl import SFTTrainer
-
-    set_seed(p.seed)
-    precision = training.resolve_precision(p.precision)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model, peft_config = training.model_to_train(p, base_dir, precision)
-    train_set = training.to_dataset(io.read_jsonl(train_file), tokenizer, p.max_length)
-    trainer = SFTTrainer(model=model, args=training.sft_config(p, output_dir, precision, False),
-                         train_dataset=train_set, processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer, precision, _ = training.build_trainer(p, base_dir, train_file, output_dir)
     return trainer, precision
 
 

@@ -148,10 +148,11 @@ def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
     return model, (lora_config(p) if p.method == "lora" else None)
 
 
-def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file: str | Path,
-          adapter_dir: str | Path, live_dir: str | Path, checkpoint_dir: str | Path) -> dict:
-    """Fine-tune and write the adapter to ``adapter_dir`` (must be a fresh path)."""
-    from dvclive import Live
+def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
+                  checkpoint_dir: str | Path, val_file: str | Path | None = None,
+                  callbacks=()) -> tuple:
+    """(SFTTrainer, precision, train examples) for ``p``: seeded, tokenized by
+    ``encoding``, the model loaded and PEFT-wrapped as ``p.method`` needs."""
     from trl import SFTTrainer
 
     from tunelab.io import read_jsonl
@@ -163,11 +164,9 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
     if peft_config is not None:
         check_target_modules(model, p.lora.target_modules)
     train_set = to_dataset(read_jsonl(train_file), tokenizer, p.max_length)
-    val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length)
+    val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length) if val_file else []
     has_eval = len(val_set) > 0
-
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
-    callbacks = [StepAlignedDVCLive(live=live), TrainingLog(Path(live_dir) / "training.log")]
+    callbacks = list(callbacks)
     if has_eval and p.eval_steps > 0 and p.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience))
     trainer = SFTTrainer(
@@ -179,6 +178,19 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    return trainer, precision, len(train_set)
+
+
+def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file: str | Path,
+          adapter_dir: str | Path, live_dir: str | Path, checkpoint_dir: str | Path) -> dict:
+    """Fine-tune and write the adapter to ``adapter_dir`` (must be a fresh path)."""
+    from dvclive import Live
+
+    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    trainer, precision, train_examples = build_trainer(
+        p, base_dir, train_file, checkpoint_dir, val_file,
+        callbacks=[StepAlignedDVCLive(live=live), TrainingLog(Path(live_dir) / "training.log")])
+    has_eval = trainer.eval_dataset is not None
     started = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - started
@@ -188,9 +200,10 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 6),
         "train_seconds": round(seconds, 1),
-        "train_examples": len(train_set),
+        "train_examples": train_examples,
         "train_rows": len(trainer.train_dataset),  # fewer than examples when packing
-        "trainable_parameters": sum(x.numel() for x in model.parameters() if x.requires_grad),
+        "trainable_parameters": sum(x.numel() for x in trainer.model.parameters()
+                                    if x.requires_grad),
     }
     if has_eval:
         last_eval = [log for log in trainer.state.log_history if "eval_loss" in log]
@@ -198,7 +211,7 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
             last_eval.append(trainer.evaluate())  # the run did not end on an eval step
         summary["eval_loss"] = round(last_eval[-1]["eval_loss"], 6)
     trainer.save_model(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    trainer.processing_class.save_pretrained(str(adapter_dir))
     models.write_train_info(adapter_dir, p.method, precision,
                             p.quantization if p.method == "qlora" else None)
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
