@@ -90,3 +90,23 @@ def tiny_base_dir(tokenizer, tmp_path_factory):
     tokenizer.save_pretrained(folder)
     (folder / "tunelab_base.json").write_text(json.dumps({"base": "tiny-llama", "source": "test"}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def make_tiny_adapter(tiny_base_dir, tmp_path_factory):
+    """``make_tiny_adapter(name, r=4, seed=0, base_dir=tiny_base_dir) -> folder``: an
+    untrained LoRA adapter with random, non-zero A and B (so it changes the model)."""
+    def make(name: str, r: int = 4, seed: int = 0, base_dir=None) -> Path:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(base_dir or tiny_base_dir)
+        config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"],
+                            init_lora_weights=False, task_type="CAUSAL_LM")
+        folder = tmp_path_factory.mktemp("tiny_adapter") / name
+        get_peft_model(base, config).save_pretrained(folder)
+        return folder
+
+    return make

@@ -31,7 +31,7 @@ def bench_run(tiny_base_dir, tmp_path_factory):
     assert len(examples) == BATCH_SIZE
     io.write_jsonl_atomic(work / "train.jsonl", examples)
     result = bench.run_bench(tiny_base_dir, work / "train.jsonl", work / "bench.json",
-                             methods=("lora", "full", "baseline"), steps=STEPS, warmup=WARMUP,
+                             methods=("lora", "lora_packed", "full", "baseline"), steps=STEPS, warmup=WARMUP,
                              batch_size=BATCH_SIZE, max_length=MAX_LENGTH, matmul_size=256)
     return work, examples, result
 
@@ -39,7 +39,7 @@ def bench_run(tiny_base_dir, tmp_path_factory):
 def test_every_contender_reports_its_measurements(bench_run):
     work, _, result = bench_run
     assert io.read_json(work / "bench.json") == json.loads(json.dumps(result))
-    assert set(result["contenders"]) == {"lora", "full", "baseline"}
+    assert set(result["contenders"]) == {"lora", "lora_packed", "full", "baseline"}
     assert result["machine"]["cpu_cores"] >= 1 and result["machine"]["torch_threads"] >= 1
     tunelab_precision = training.resolve_precision("auto")  # fp32 on a CPU without bf16
     assert set(result["matmul_tflops"]) == {tunelab_precision, "fp32"}
@@ -65,7 +65,8 @@ def test_effective_tokens_are_the_real_tokens_of_the_timed_batches(bench_run, to
     # tunelab pads each batch to its longest example, the baseline to MAX_LENGTH: both
     # would count more than the real tokens if they counted padding.
     assert len(set(lengths)) == len(lengths) and max(lengths) < MAX_LENGTH
-    for name in ("lora", "full", "baseline"):
+    # lora_packed: the 8 examples fill fewer than 8 rows, so each step is the whole set too.
+    for name in ("lora", "lora_packed", "full", "baseline"):
         assert result["contenders"][name]["effective_tokens"] == STEPS * sum(lengths), name
 
 
@@ -79,6 +80,7 @@ def test_flops_per_token_follow_what_trains(bench_run):
     assert adapter > 0
     assert lora["flops_per_token"] == 4 * full["matmul_parameters"] + 6 * adapter
     assert result["contenders"]["baseline"]["flops_per_token"] == lora["flops_per_token"]
+    assert result["contenders"]["lora_packed"]["flops_per_token"] == lora["flops_per_token"]
 
 
 def test_cli_without_prepared_data_says_what_to_run(tmp_path, capsys, monkeypatch):

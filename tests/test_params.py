@@ -36,7 +36,8 @@ def test_repo_params_section_equals_dataclass_defaults(section):
 
 def test_repo_params_has_every_section_and_passes_split_check():
     sections = params.load_all(REPO_PARAMS)
-    assert list(sections) == ["model", "prepare", "validate", "train", "evaluate", "plot", "report"]
+    assert list(sections) == ["model", "prepare", "validate", "train", "evaluate", "plot", "report",
+                              "check"]
     params.check_split(sections["prepare"], REPO_PARAMS)
 
 

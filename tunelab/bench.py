@@ -3,12 +3,15 @@
 Each contender trains ``warmup + steps`` optimizer steps on the same data, batch
 size and seed, in a fresh subprocess so its peak memory is its own:
 
-- ``lora``, ``qlora``, ``full``: tunelab's own trainer (``training.model_to_train``,
-  ``to_dataset``, ``sft_config``: what ``training.train`` builds), precision ``auto``,
-  every batch padded only to its longest example.
+- ``lora``, ``qlora``, ``full``: tunelab's own trainer (``training.build_trainer``: what
+  ``training.train`` builds) with the default params, precision ``auto``, every batch
+  padded only to its longest example.
+- ``lora_packed``: ``lora`` with ``train.packing: true`` (padding-free rows of several
+  examples up to ``max_length``; ``batch_size`` then counts rows).
 - ``baseline``: the usual tutorial script: a plain ``transformers.Trainer`` with a PEFT
-  LoRA adapter (the same r, alpha, dropout and targets), fp32, the chat template
-  rendered to text and every example padded to ``max_length``, loss on every token.
+  LoRA adapter (the same r, alpha and targets, the tutorials' dropout 0.05), fp32, the
+  chat template rendered to text and every example padded to ``max_length``, loss on
+  every token.
 
 Only the steps after the warm-up are timed. Reported per contender:
 
@@ -25,6 +28,7 @@ Only the steps after the warm-up are timed. Reported per contender:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import resource
@@ -41,7 +45,8 @@ from transformers import TrainerCallback
 from tunelab import encoding, io, models, training
 from tunelab.params import TrainParams
 
-CONTENDERS = ("lora", "qlora", "full", "baseline")
+CONTENDERS = ("lora", "lora_packed", "qlora", "full", "baseline")
+TUTORIAL_LORA_DROPOUT = 0.05  # what the PEFT/TRL tutorials use
 GIB = 1024**3
 
 
@@ -191,7 +196,8 @@ def table(result: dict):
 
 def measure_one(name: str, base_dir, train_file, steps: int, warmup: int, batch_size: int,
                 max_length: int) -> dict:
-    p = TrainParams(method="lora" if name == "baseline" else name, max_steps=warmup + steps,
+    p = TrainParams(method=name if name in ("qlora", "full") else "lora",
+                    packing=name == "lora_packed", max_steps=warmup + steps,
                     batch_size=batch_size, max_length=max_length, eval_steps=0, save_steps=0,
                     logging_steps=warmup + steps, precision="auto")
     timer = StepTimer(warmup_steps=warmup)
@@ -247,7 +253,9 @@ def baseline_trainer(p: TrainParams, base_dir, train_file, output_dir):
     train_set = Dataset.from_dict({"input_ids": encoded["input_ids"],
                                    "attention_mask": encoded["attention_mask"], "labels": labels})
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(model, training.lora_config(p))
+    tutorial = dataclasses.replace(p, lora=dataclasses.replace(p.lora,
+                                                               dropout=TUTORIAL_LORA_DROPOUT))
+    model = get_peft_model(model, training.lora_config(tutorial))
     args = TrainingArguments(output_dir=str(output_dir), max_steps=p.max_steps,
                              per_device_train_batch_size=p.batch_size,
                              learning_rate=p.learning_rate, seed=p.seed, data_seed=p.seed,

@@ -3,7 +3,14 @@
     tunelab validate-data FILE...            check data files before training
     tunelab validate-config [params.yaml]    check every params section
     tunelab generate --model DIR --prompt TEXT [--compare-base]
-    tunelab bench [--steps 5] [--methods lora,qlora,full,baseline]   training speed
+    tunelab bench [--steps 5] [--methods lora,lora_packed,qlora,full,baseline]   training speed
+    tunelab merge --adapters A,B --weights 0.5,0.5 --method linear --output DIR
+    tunelab export --adapter DIR --output DIR   adapter folded into a plain model, logits checked
+    tunelab ensemble --models A,B --aggregation logit_mean|weighted_vote --prompt TEXT
+    tunelab serve --base DIR --adapter NAME=DIR [--host 127.0.0.1 --port 8000]   OpenAI-compatible API
+    tunelab watch --incoming DIR [--once --min-gain X --metric tuned.task_accuracy]   continuous learning
+    tunelab sweep FILE | lr-test | sweep-report [--apply-best] | check --baseline REV   sweeps, gate
+    tunelab verify-repro [--tolerance 0]   rerun train + evaluate, compare metrics with the workspace
 """
 
 from __future__ import annotations
@@ -44,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--system", default=None, help="optional system message")
     gen.add_argument("--compare-base", action="store_true", help="also answer with the base model")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    gen.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=_unit_float, default=1.0, help="nucleus sampling, (0, 1]")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(handler=generate)
 
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     timing.add_argument("--steps", type=_positive_int, default=5, help="timed steps per contender")
     timing.add_argument("--warmup", type=_positive_int, default=2,
                         help="untimed steps first (allocator, thread pools)")
-    timing.add_argument("--methods", default="lora,qlora,full,baseline",
+    timing.add_argument("--methods", default="lora,lora_packed,qlora,full,baseline",
                         help="comma-separated: lora, qlora, full, baseline")
     timing.add_argument("--batch-size", type=_positive_int, default=8)
     timing.add_argument("--max-length", type=_positive_int, default=256)
@@ -63,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     timing.add_argument("--data", default=DEFAULT_TRAIN_DATA, type=Path)
     timing.add_argument("--output", default="metrics/bench.json", type=Path)
     timing.set_defaults(handler=benchmark)
+
+    from tunelab import ensemble, export, merging  # `tunelab merge/export/ensemble`
+    for module in (merging, export, ensemble):
+        module.register(commands)
+    from tunelab import server  # `tunelab serve`
+    server.register(commands)
+    from tunelab import watch  # `tunelab watch`
+    watch.register(commands)
+    from tunelab import gate, sweep_report, sweep_run  # `tunelab sweep/lr-test/sweep-report/check`
+    for module in (sweep_run, sweep_report, gate):
+        module.register(commands)
+    from tunelab import verify  # `tunelab verify-repro`
+    verify.register(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -107,6 +127,12 @@ def validate_data(args) -> int:
 def validate_config(args) -> int:
     sections = params.load_all(args.path)
     params.check_split(sections["prepare"], args.path)
+    # Named layers must exist in the base model, when it is there to look at (weights unread).
+    base = Path(args.path).parent / DEFAULT_BASE
+    if not isinstance(sections["train"].lora.target_modules, str) and (base / "config.json").is_file():
+        from tunelab import training
+
+        training.check_target_modules_of(base, sections["train"].lora.target_modules)
     print(f"OK: {args.path} ({', '.join(sections)})")
     return 0
 
@@ -156,6 +182,20 @@ def benchmark(args) -> int:
     print(f"wrote {args.output}")
     failed = [name for name, row in result["contenders"].items() if "error" in row]
     return 1 if failed else 0
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

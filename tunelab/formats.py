@@ -61,7 +61,9 @@ def detect_format(record: dict) -> str:
     for key, fmt in DETECTED_BY:
         if key in record:
             return fmt
-    keys = ", ".join(repr(key) for key in record) or "none"
+    keys = ", ".join(_shown(key) for key in list(record)[:10]) or "none"
+    if len(record) > 10:
+        keys += f" and {len(record) - 10} more"
     raise ValueError("cannot tell the format: expected keys 'messages', 'conversations', "
                      f"'instruction'+'output', 'prompt'+'completion' or 'text'; got {keys}")
 
@@ -123,7 +125,7 @@ def _conversation(record: dict, key: str, role_key: str, content_key: str,
             raise ValueError(f"message {number} must be an object, got {_type_name(turn)}")
         role = _required(turn, role_key, str, where)
         if role not in role_names:
-            raise ValueError(f"unknown role '{role}'{where} (use {', '.join(role_names)})")
+            raise ValueError(f"unknown role {_shown(role)}{where} (use {', '.join(role_names)})")
         messages.append({"role": role_names[role], "content": _required_str(turn, content_key, where)})
     return messages
 
@@ -156,6 +158,25 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    """A user's string quoted for a message, cut short: errors stay one readable line."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _parse_json(path, line: int, text: str) -> Any:
+    """json.loads with every failure as a DataError naming ``path:line``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{line + err.lineno - 1}: invalid JSON: {err.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}:{line}: invalid JSON: nested too deeply") from None
+    except ValueError:  # an integer beyond Python's digit limit
+        raise DataError(f"{path}:{line}: invalid JSON: number too large") from None
+
+
 # --- files --------------------------------------------------------------------
 
 def _read_utf8(path: str | os.PathLike) -> str:
@@ -177,10 +198,7 @@ def _jsonl_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]
     for line, row in enumerate(text.split("\n"), start=1):
         if not row.strip():
             continue
-        try:
-            record = json.loads(row)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{line}: invalid JSON: {err.msg}") from None
+        record = _parse_json(path, line, row)
         if not isinstance(record, dict):
             raise DataError(f"{path}:{line}: not a JSON object (got {_type_name(record)})")
         records.append((line, record))
@@ -188,10 +206,7 @@ def _jsonl_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]
 
 
 def _json_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]:
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    items = _parse_json(path, 1, text)
     if not isinstance(items, list):
         first_line = text[: len(text) - len(text.lstrip())].count("\n") + 1
         raise DataError(f"{path}:{first_line}: expected a JSON array of objects, got {_type_name(items)}")
@@ -229,7 +244,7 @@ def _csv_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]:
         header = [name.strip() for name in next(reader)]
         for name in header:
             if name and header.count(name) > 1:
-                raise DataError(f"{path}:1: duplicate column '{name}' in header")
+                raise DataError(f"{path}:1: duplicate column {_shown(name)} in header")
         row_start = reader.line_num + 1
         for cells in reader:
             # A quoted cell may span lines: the row starts where the last one ended.
@@ -254,7 +269,7 @@ def _parquet_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
     try:
         rows = pyarrow.parquet.read_table(path).to_pylist()
     except pyarrow.ArrowInvalid as err:
-        reason = str(err).splitlines()[0] if str(err) else "unreadable"
+        reason = str(err).splitlines()[0][:200] if str(err) else "unreadable"
         raise DataError(f"{path}: not a valid Parquet file: {reason}") from None
     # Nulls are how Parquet spells an empty cell: treat them as missing keys.
     return [(index, {key: value for key, value in row.items() if value is not None})

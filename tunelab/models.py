@@ -5,6 +5,7 @@ output so inference loads the base the way it was trained on."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,9 +28,14 @@ def bnb_config(quantization: QuantizationParams, precision: str):
                           "(pip install bitsandbytes), or use method lora") from None
     if quantization.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    # FSDP shards only floating tensors of one dtype: under `accelerate launch` with FSDP the
+    # packed 4-bit weights are stored in the compute dtype (QLoRA + FSDP); elsewhere uint8.
+    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization.quant_type,
                               bnb_4bit_use_double_quant=quantization.double_quant,
-                              bnb_4bit_compute_dtype=COMPUTE_DTYPES[precision])
+                              bnb_4bit_compute_dtype=COMPUTE_DTYPES[precision],
+                              bnb_4bit_quant_storage=COMPUTE_DTYPES[precision] if under_fsdp
+                              else torch.uint8)
 
 
 def load_base(base_dir: str | Path, quantization: QuantizationParams | None = None,
@@ -78,5 +84,22 @@ def load_trained(base_dir: str | Path, trained_dir: str | Path | None = None):
             # Merged weights generate ~2x faster than an unmerged adapter on CPU, the same
             # numbers up to float rounding.
             model = PeftModel.from_pretrained(load_base(base_dir), str(trained_dir)).merge_and_unload()
+    model.eval()
+    return model, tokenizer
+
+
+def load_with_adapters(base_dir: str | Path, adapters: dict[str, str | Path]):
+    """(model, tokenizer) in eval mode: the fp32 base with every adapter loaded under
+    its name, unmerged, so one of them (or none) can be chosen per call with
+    ``set_adapter`` / ``disable_adapter``. With no adapters, the plain base."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = load_base(base_dir)
+    for index, (name, adapter_dir) in enumerate(adapters.items()):
+        if index == 0:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
+        else:
+            model.load_adapter(str(adapter_dir), adapter_name=name)
     model.eval()
     return model, tokenizer

@@ -48,7 +48,7 @@ class ValidateParams:
 class LoraParams:
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: typing.Union[str, list] = "all-linear"
     use_dora: bool = False
     use_rslora: bool = False
@@ -59,6 +59,12 @@ class QuantizationParams:
     bits: int = 4
     quant_type: str = "nf4"
     double_quant: bool = True
+
+
+@dataclass
+class GuardParams:
+    grad_norm_factor: float = 10.0
+    warmup_logs: int = 3
 
 
 @dataclass
@@ -81,10 +87,12 @@ class TrainParams:
     packing: bool = False
     logging_steps: int = 5
     eval_steps: int = 15
-    save_steps: int = 0
+    save_steps: int = 10
+    keep_checkpoints: int = 0
     early_stopping_patience: int = 0
     lora: LoraParams = field(default_factory=LoraParams)
     quantization: QuantizationParams = field(default_factory=QuantizationParams)
+    guard: GuardParams = field(default_factory=GuardParams)
 
     @property
     def peak_learning_rate(self) -> float:
@@ -109,6 +117,45 @@ class ReportParams:
     max_samples: int = 10
 
 
+@dataclass
+class MetricTolerance:
+    direction: str = "higher"  # higher | lower: which way is better
+    tolerance: float = 0.0     # how far (absolute) it may move the other way
+
+
+DEFAULT_CHECKS = {"tuned.task_accuracy": ("higher", 0.02), "tuned.json_valid": ("higher", 0.02),
+                  "tuned.exact_match": ("higher", 0.05), "tuned.loss": ("lower", 0.02)}
+
+
+@dataclass
+class CheckParams:
+    """`check:` maps metric names to tolerances for `tunelab check` (tunelab.gate); no
+    stage reads it. Its keys are free-form metric names, so it validates itself."""
+    tolerances: dict = field(default_factory=lambda: {
+        name: MetricTolerance(direction, tolerance)
+        for name, (direction, tolerance) in DEFAULT_CHECKS.items()})
+
+    @classmethod
+    def from_mapping(cls, values: dict, prefix: str, path) -> "CheckParams":
+        if not values:
+            return cls()
+        tolerances = {}
+        for name, rule in values.items():
+            key = f"{prefix}.{name}"
+            if not isinstance(rule, dict) or "direction" not in rule:
+                raise ParamsError(f"{path}: {key}: expected {{direction: higher|lower, "
+                                  f"tolerance: NUMBER}}, got {rule!r}")
+            tolerance = build(MetricTolerance, rule, key, path)
+            if tolerance.direction not in ("higher", "lower"):
+                raise ParamsError(f"{path}: {key}.direction: must be one of higher, lower, "
+                                  f"got {tolerance.direction!r}")
+            if tolerance.tolerance < 0:
+                raise ParamsError(f"{path}: {key}.tolerance: must be >= 0, "
+                                  f"got {tolerance.tolerance}")
+            tolerances[str(name)] = tolerance
+        return cls(tolerances)
+
+
 SECTIONS = {
     "model": ModelParams,
     "prepare": PrepareParams,
@@ -117,6 +164,7 @@ SECTIONS = {
     "evaluate": EvaluateParams,
     "plot": PlotParams,
     "report": ReportParams,
+    "check": CheckParams,
 }
 
 CHOICES = {
@@ -129,9 +177,11 @@ CHOICES = {
 }
 POSITIVE = {"train.learning_rate", "train.full_learning_rate", "train.batch_size", "train.gradient_accumulation",
             "train.max_length", "train.logging_steps", "train.lora.r", "train.lora.alpha",
+            "train.guard.warmup_logs",
             "evaluate.max_new_tokens", "evaluate.batch_size", "plot.dpi"}
 NON_NEGATIVE = {"train.epochs", "train.weight_decay", "train.max_grad_norm", "train.eval_steps",
                 "train.save_steps", "train.early_stopping_patience", "evaluate.max_examples",
+                "train.keep_checkpoints", "train.guard.grad_norm_factor",
                 "report.max_samples"}
 UNIT_INTERVAL = {"prepare.val_ratio", "prepare.test_ratio", "train.warmup_ratio",
                  "train.lora.dropout", "validate.max_truncated_ratio"}
@@ -140,7 +190,9 @@ UNIT_INTERVAL = {"prepare.val_ratio", "prepare.test_ratio", "train.warmup_ratio"
 def load(section: str, path: str | Path = PARAMS_FILE):
     """Return the validated dataclass for one section of params.yaml."""
     raw = read_file(path)
-    return build(SECTIONS[section], raw.get(section) or {}, section, path)
+    loaded = build(SECTIONS[section], raw.get(section) or {}, section, path)
+    _check_across(section, loaded, path)
+    return loaded
 
 
 def load_all(path: str | Path = PARAMS_FILE) -> dict:
@@ -149,7 +201,10 @@ def load_all(path: str | Path = PARAMS_FILE) -> dict:
     for name in raw:
         if name not in SECTIONS:
             raise ParamsError(f"{path}: {name}: unknown section{_did_you_mean(name, SECTIONS)}")
-    return {name: build(cls, raw.get(name) or {}, name, path) for name, cls in SECTIONS.items()}
+    sections = {name: build(cls, raw.get(name) or {}, name, path) for name, cls in SECTIONS.items()}
+    for name, loaded in sections.items():
+        _check_across(name, loaded, path)
+    return sections
 
 
 def read_file(path: str | Path) -> dict:
@@ -171,6 +226,8 @@ def build(cls, values: dict, prefix: str, path: str | Path = PARAMS_FILE):
     """Make ``cls`` from a mapping; ``prefix`` is its dotted key for messages."""
     if not isinstance(values, dict):
         raise ParamsError(f"{path}: {prefix}: expected a mapping, got {type(values).__name__}")
+    if hasattr(cls, "from_mapping"):  # free-form keys (check:): the class validates them
+        return cls.from_mapping(values, prefix, path)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -237,6 +294,23 @@ def check_split(prepare: PrepareParams, path: str | Path = PARAMS_FILE) -> None:
         raise ParamsError(f"{path}: prepare.val_ratio + prepare.test_ratio must be < 1 "
                           f"(the rest is the train split), got "
                           f"{prepare.val_ratio + prepare.test_ratio:g}")
+
+
+def check_train(train: TrainParams, path: str | Path = PARAMS_FILE) -> None:
+    # A checkpoint must fall on a logging step: the trainer's running loss since the last
+    # log is not saved, so a resumed run would log a different curve.
+    if train.save_steps and train.save_steps % train.logging_steps:
+        raise ParamsError(f"{path}: train.save_steps: must be a multiple of train.logging_steps "
+                          f"({train.logging_steps}) so a resumed run logs the same curve, "
+                          f"got {train.save_steps}")
+
+
+def _check_across(section: str, loaded, path) -> None:
+    """Checks that span several keys of one section."""
+    if section == "prepare":
+        check_split(loaded, path)
+    elif section == "train":
+        check_train(loaded, path)
 
 
 def _did_you_mean(word: str, options) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, EarlyStoppingCallback, TrainerCallback, set_seed
 from transformers.integrations import DVCLiveCallback
 
-from tunelab import encoding, models
+from tunelab import checkpoints, encoding, guards, models
 from tunelab.params import TrainParams
 
 
@@ -29,6 +30,12 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return platform.machine() == "arm64"  # Apple silicon has bf16
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def is_main_process() -> bool:
+    """True unless this is a rank > 0 of `accelerate launch`/torchrun (they set RANK before
+    the script starts): only rank 0 writes outputs, every rank trains."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_precision(precision: str) -> str:
@@ -67,10 +74,11 @@ class StepAlignedDVCLive(DVCLiveCallback):
 class TrainingLog(TrainerCallback):
     """A plain, greppable training.log: one line per logging event."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, fresh: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        if fresh or not self.path.exists():  # a resumed run appends to the restored log
+            self.path.write_text("")
         self.started = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -79,6 +87,40 @@ class TrainingLog(TrainerCallback):
         elapsed = time.monotonic() - self.started
         with self.path.open("a") as f:
             f.write(f"step {state.global_step}/{state.max_steps} t={elapsed:.0f}s {fields}\n")
+
+
+class CheckpointKeeper(TrainerCallback):
+    """Marks each saved checkpoint complete (with a copy of the live logs) and keeps
+    the run-wide loss total across a resume, which the trainer restarts at zero."""
+
+    def __init__(self, fingerprint: str, live_dir: str | Path, resumed: dict | None = None):
+        self.fingerprint = fingerprint
+        self.live_dir = live_dir
+        self.prior_total = resumed["total_loss"] if resumed else 0.0
+        self.start_step = resumed["step"] if resumed else 0
+        self.trainer = None  # set once the trainer exists: its running loss total is private
+
+    def train_loss(self, this_run_mean: float, global_step: int) -> float:
+        if not self.start_step:
+            return this_run_mean
+        this_run_total = this_run_mean * (global_step - self.start_step)
+        return (self.prior_total + this_run_total) / max(global_step, 1)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # TRL counts the tokens trained on itself, from zero on every train() call.
+        seen = [log["num_tokens"] for log in state.log_history if "num_tokens" in log]
+        if self.start_step and seen and hasattr(self.trainer, "_total_train_tokens"):
+            self.trainer._total_train_tokens = seen[-1]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "train_loss" in logs and self.start_step:  # before DVCLive records it
+            logs["train_loss"] = self.train_loss(logs["train_loss"], state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            total = self.prior_total + self.trainer._total_loss_scalar
+            checkpoints.mark_complete(folder, self.fingerprint, self.live_dir, total)
 
 
 def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_eval: bool):
@@ -115,13 +157,16 @@ def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_e
         eval_steps=p.eval_steps if evaluating else None,
         save_strategy="steps" if saving else "no",
         save_steps=(p.eval_steps if keep_best else p.save_steps) or None,
-        save_total_limit=2 if saving else None,
+        # Two, so a checkpoint half-written by a kill still leaves a complete one.
+        save_total_limit=max(2, p.keep_checkpoints) if saving else None,
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best else None,
         greater_is_better=False if keep_best else None,
         completion_only_loss=True,
+        logging_nan_inf_filter=False,  # log a NaN loss as NaN: the guard stops on it
         report_to=[],  # the DVCLive callback is added explicitly, pointed at metrics/train
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable weight is used: skip DDP's graph walk
         use_cpu=not torch.cuda.is_available(),
     )
 
@@ -140,6 +185,12 @@ def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
         from peft import prepare_model_for_kbit_training
 
         model = models.load_base(base_dir, p.quantization, precision)
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+            # FSDP flattens each wrapped layer into one tensor of one dtype: keep the norms
+            # in the compute dtype (the 4-bit storage is that dtype too, models.bnb_config).
+            if p.gradient_checkpointing:
+                model.enable_input_require_grads()
+            return model, lora_config(p)
         # Casts norms to fp32 and makes input embeddings require grads, as k-bit training needs.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=p.gradient_checkpointing)
@@ -183,25 +234,44 @@ def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
 
 def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file: str | Path,
           adapter_dir: str | Path, live_dir: str | Path, checkpoint_dir: str | Path) -> dict:
-    """Fine-tune and write the adapter to ``adapter_dir`` (must be a fresh path)."""
+    """Fine-tune and write the adapter to ``adapter_dir`` (must be a fresh path).
+
+    Resumes from the newest complete checkpoint in ``checkpoint_dir`` made with the
+    same params and data (tunelab.checkpoints); the caller deletes the checkpoints
+    once the adapter is in place (``checkpoints.clean``)."""
     from dvclive import Live
 
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
-    trainer, precision, train_examples = build_trainer(
-        p, base_dir, train_file, checkpoint_dir, val_file,
-        callbacks=[StepAlignedDVCLive(live=live), TrainingLog(Path(live_dir) / "training.log")])
-    has_eval = trainer.eval_dataset is not None
+    writer = is_main_process()  # DDP/FSDP: the other ranks train in step but write nothing
+    resume_from, keeper = resume_point(p, base_dir, [train_file, val_file], checkpoint_dir,
+                                       live_dir, writer)
+    callbacks = [keeper]  # first: it fixes the train_loss that DVCLive records
+    if writer:
+        resumed = resume_from is not None  # DVCLive and training.log continue the restored logs
+        live = Live(dir=str(live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None)
+        callbacks += [StepAlignedDVCLive(live=live),
+                      TrainingLog(Path(live_dir) / "training.log", fresh=not resumed)]
+    callbacks.append(guards.guard_callback(p))  # last: a diverged step is logged, then stops
     started = time.monotonic()
-    result = trainer.train()
+    try:
+        trainer, precision, train_examples = build_trainer(
+            p, base_dir, train_file, checkpoint_dir, val_file, callbacks=callbacks)
+        keeper.trainer = trainer
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except (RuntimeError, MemoryError) as err:
+        if guards.is_out_of_memory(err):
+            raise guards.TrainingError(guards.oom_advice(p, err)) from None
+        raise
     seconds = time.monotonic() - started
+    has_eval = trainer.eval_dataset is not None
     summary = {
         "method": p.method,
         "precision": precision,
         "steps": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 6),
+        "train_loss": round(keeper.train_loss(result.training_loss, trainer.state.global_step), 6),
         "train_seconds": round(seconds, 1),
         "train_examples": train_examples,
         "train_rows": len(trainer.train_dataset),  # fewer than examples when packing
+        "processes": trainer.args.world_size,  # > 1 under `accelerate launch`: batch x processes
         "trainable_parameters": sum(x.numel() for x in trainer.model.parameters()
                                     if x.requires_grad),
     }
@@ -210,13 +280,41 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
         if not last_eval or last_eval[-1]["step"] != trainer.state.global_step:
             last_eval.append(trainer.evaluate())  # the run did not end on an eval step
         summary["eval_loss"] = round(last_eval[-1]["eval_loss"], 6)
-    trainer.save_model(str(adapter_dir))
+    trainer.save_model(str(adapter_dir))  # collective under FSDP/ZeRO-3; writes on rank 0 only
+    if not writer:
+        return summary
     trainer.processing_class.save_pretrained(str(adapter_dir))
     models.write_train_info(adapter_dir, p.method, precision,
                             p.quantization if p.method == "qlora" else None)
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
     write_model_card(Path(adapter_dir) / "README.md", p, base_info, file_sha256(train_file), summary)
     return summary
+
+
+def resume_point(p: TrainParams, base_dir, data_files, checkpoint_dir, live_dir, writer: bool):
+    """(checkpoint to resume from or None, its CheckpointKeeper); the writer also
+    deletes checkpoints of other params/data and restores the live logs."""
+    inputs = [f for f in data_files if f]
+    inputs += [f for f in (Path(base_dir) / "config.json", Path(base_dir) / "tunelab_base.json")
+               if f.is_file()]
+    fingerprint = checkpoints.fingerprint(p, inputs)
+    if writer:
+        checkpoints.claim(checkpoint_dir, fingerprint)
+    resume_from = checkpoints.latest(checkpoint_dir, fingerprint)
+    resumed = checkpoints.read_marker(resume_from) if resume_from else None
+    if resume_from and writer:
+        print(f"train: resuming from {resume_from} (step {resumed['step']})")
+        checkpoints.restore_live(resume_from, live_dir)
+    return resume_from, CheckpointKeeper(fingerprint, live_dir, resumed)
+
+
+def check_target_modules_of(base_dir: str | Path, target_modules) -> None:
+    """check_target_modules without reading weights: the model is built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    check_target_modules(model, target_modules)
 
 
 def check_target_modules(model, target_modules) -> None:

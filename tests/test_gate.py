@@ -1,0 +1,142 @@
+"""Regression gate (tunelab.gate, `tunelab check`): real `dvc metrics diff` against a
+git revision in a small temporary DVC repo, tolerances from params.yaml `check:`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tunelab import cli, gate, params
+from tunelab.params import MetricTolerance, ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+# What `dvc metrics diff` needs: the DVC repo, the pipeline that declares the metrics, the files.
+FILES = (".dvc/config", ".dvcignore", "dvc.yaml", "params.yaml", "metrics/eval.json",
+         "metrics/train/summary.json", "metrics/data.json", "metrics/validation.json")
+
+
+def git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+@pytest.fixture
+def metrics_repo(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    for name in FILES:
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, repo / name)
+    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"],
+                 ["add", "-A"], ["commit", "-qm", "reference run"]):
+        git(repo, *args)
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def edit_eval(repo: Path, **changes) -> dict:
+    """Change tuned.<name> by the given amounts in the workspace metrics/eval.json."""
+    path = repo / "metrics/eval.json"
+    metrics = json.loads(path.read_text())
+    for name, delta in changes.items():
+        metrics["tuned"][name] = round(metrics["tuned"][name] + delta, 6)
+    path.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def test_planted_regression_fails_naming_the_metric(metrics_repo, capsys):
+    edit_eval(metrics_repo, task_accuracy=-0.05)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ("FAIL tuned.task_accuracy: 0.721429 -> 0.671429 (-0.05; higher is "
+                            "better, tolerance 0.02)\n")
+    assert "1 of 4 tracked metrics worse than allowed" in captured.out
+
+
+def test_regression_committed_then_identical_rerun_passes(metrics_repo, capsys):
+    # The regression is in a commit; the gate compares the workspace with the commit before.
+    edit_eval(metrics_repo, loss=+0.05, exact_match=-0.1)
+    git(metrics_repo, "commit", "-qam", "worse run")
+    assert cli.main(["check", "--baseline", "HEAD~1"]) == 1
+    err = capsys.readouterr().err
+    assert "FAIL tuned.exact_match: 0.125 -> 0.025" in err
+    assert "FAIL tuned.loss: 0.096419 -> 0.146419 (+0.05; lower is better" in err
+    # An identical rerun of the committed run passes against that commit.
+    assert cli.main(["check", "--baseline", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: 4 tracked metrics within tolerance of HEAD" in out
+    assert "tuned.task_accuracy" in out and "worse" not in out
+
+
+def test_changes_within_tolerance_or_for_the_better_pass(metrics_repo, capsys):
+    edit_eval(metrics_repo, task_accuracy=-0.015, loss=-0.05, json_valid=0.0)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert "better" in out and "OK: 4 tracked metrics" in out
+
+
+def test_tolerances_come_from_params_yaml(metrics_repo, capsys):
+    edit_eval(metrics_repo, task_accuracy=-0.015)
+    text = (metrics_repo / "params.yaml").read_text()
+    (metrics_repo / "params.yaml").write_text(text.replace(
+        "tuned.task_accuracy: {direction: higher, tolerance: 0.02}",
+        "tuned.task_accuracy: {direction: higher, tolerance: 0.01}"))
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert "FAIL tuned.task_accuracy:" in capsys.readouterr().err
+
+
+def test_unknown_check_metric_and_bad_revision_are_one_line_errors(metrics_repo, capsys):
+    assert cli.main(["check", "--baseline", "no-such-rev"]) == 1
+    assert capsys.readouterr().err == (
+        "tunelab check: error: dvc metrics diff no-such-rev: unknown Git revision 'no-such-rev'\n")
+    text = (metrics_repo / "params.yaml").read_text()
+    (metrics_repo / "params.yaml").write_text(text.replace("tuned.json_valid:", "tuned.json_vald:"))
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err == (
+        "tunelab check: error: params.yaml: check.tuned.json_vald: no such metric in "
+        "metrics/eval.json of the workspace or the baseline (did you mean 'tuned.json_valid'?)\n")
+
+
+# --- no DVC: rules, names, params ---------------------------------------------------
+
+@pytest.mark.parametrize("direction, old, new, status", [
+    ("higher", 0.70, 0.69, "ok"), ("higher", 0.70, 0.67, "worse"), ("higher", 0.70, 0.72, "better"),
+    ("lower", 0.10, 0.11, "ok"), ("lower", 0.10, 0.13, "worse"), ("lower", 0.10, 0.05, "better"),
+    ("higher", 0.70, None, "missing"), ("higher", None, 0.5, "new"),
+    ("higher", 0.70, 0.68, "ok"),  # exactly at the tolerance still passes
+])
+def test_judge(direction, old, new, status):
+    assert gate.judge("m", MetricTolerance(direction, 0.02), old, new).status == status
+
+
+def test_metric_names_map_to_files():
+    assert gate.locate_metric("tuned.task_accuracy") == ("metrics/eval.json", "tuned.task_accuracy")
+    assert gate.locate_metric("train.eval_loss") == ("metrics/train/summary.json", "eval_loss")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("check:\n  tuned.loss: {direction: down, tolerance: 0.1}\n",
+     "check.tuned.loss.direction: must be one of higher, lower, got 'down'"),
+    ("check:\n  tuned.loss: {direction: lower, tolerance: -1}\n",
+     "check.tuned.loss.tolerance: must be >= 0, got -1.0"),
+    ("check:\n  tuned.loss: {tolerance: 0.1}\n",
+     "check.tuned.loss: expected {direction: higher|lower, tolerance: NUMBER}, got {'tolerance': 0.1}"),
+    ("check:\n  tuned.loss: {direction: lower, tolerence: 0.1}\n",
+     "check.tuned.loss.tolerence: unknown key (did you mean 'tolerance'?)"),
+])
+def test_bad_check_section_is_a_one_line_params_error(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as caught:
+        params.load("check", path)
+    assert str(caught.value) == f"{path}: {expected}"
+
+
+def test_check_section_is_read_by_no_stage():
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert not [name for name, stage in stages.items()
+                if any(str(p).split(".")[0] == "check" for p in stage.get("params", []))]

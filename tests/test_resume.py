@@ -1,0 +1,179 @@
+"""Resume after a crash: the train stage killed (SIGKILL) at a random step resumes from
+its last complete checkpoint, and the adapter and the logged curves equal those of an
+uninterrupted run. Same params and seed give the same numbers (determinism)."""
+
+import json
+import os
+import random
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tunelab import checkpoints, io
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 4  # 3 batches an epoch: the run crosses an epoch boundary (a new shuffle)
+TRAIN = {"method": "lora", "learning_rate": 1e-2, "max_steps": STEPS, "batch_size": 4,
+         "warmup_ratio": 0.0, "logging_steps": 1, "save_steps": 1, "eval_steps": 2,
+         "precision": "fp32", "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+TIMINGS = {"runtime.tsv", "samples_per_second.tsv", "steps_per_second.tsv"}
+# Runs the real stage script, only slower at each checkpoint so the test can kill it there.
+SLOW_STAGE = """
+import runpy, sys, time
+from tunelab import training
+saved = training.CheckpointKeeper.on_save
+def slow_save(self, *args, **kwargs):
+    saved(self, *args, **kwargs)
+    time.sleep(0.4)
+training.CheckpointKeeper.on_save = slow_save
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def colour_rows(repeat):
+    things = {"apple": "red", "banana": "yellow", "grass": "green", "sky": "blue"}
+    return [{"messages": [{"role": "user", "content": f"Colour of {thing}? ({i})"},
+                          {"role": "assistant", "content": colour}], "task": None,
+             "source": f"colours.jsonl:{i}"} for i in range(repeat) for thing, colour in things.items()]
+
+
+def make_workspace(root: Path, base_dir: Path, train=TRAIN) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(train)
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(base_dir, root / "models/base")
+    io.write_jsonl_atomic(root / "data/prepared/train.jsonl", colour_rows(3))
+    io.write_jsonl_atomic(root / "data/prepared/val.jsonl", colour_rows(1))
+    return root
+
+
+def run_stage_in_process(workspace: Path, monkeypatch) -> None:
+    monkeypatch.chdir(workspace)
+    stage = runpy.run_path(str(REPO / "stages/train.py"), run_name="train_stage")
+    assert stage["main"]() == 0
+
+
+def curves(workspace: Path) -> dict[str, list[tuple[int, float]]]:
+    found = {}
+    for path in sorted((workspace / "metrics/train/plots/metrics").rglob("*.tsv")):
+        if path.name not in TIMINGS:
+            rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+            found[str(path.relative_to(workspace))] = [(int(s), float(v)) for s, v in rows]
+    return found
+
+
+def assert_close(a: float, b: float, rel=1e-6):
+    assert abs(a - b) <= rel * max(abs(a), abs(b), 1e-12), (a, b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_base_dir, tmp_path_factory):
+    workspace = make_workspace(tmp_path_factory.mktemp("whole") / "ws", tiny_base_dir)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        run_stage_in_process(workspace, monkeypatch)
+    return workspace
+
+
+def test_killed_run_resumes_to_the_same_adapter_and_curves(uninterrupted, tiny_base_dir,
+                                                            tmp_path, monkeypatch):
+    seed = random.randrange(1 << 30)
+    kill_at = random.Random(seed).randint(1, STEPS - 1)
+    print(f"random seed {seed}: SIGKILL once checkpoint {kill_at} is complete")
+    workspace = make_workspace(tmp_path / "ws", tiny_base_dir)
+    marker = workspace / f"models/checkpoints/checkpoint-{kill_at}" / checkpoints.MARKER_FILE
+    process = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(REPO / "stages/train.py")],
+                               cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    while not marker.exists() and process.poll() is None:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    output = process.communicate()[0]
+    assert process.returncode == -signal.SIGKILL, output
+    assert not (workspace / "models/adapter").exists()
+    # A checkpoint the kill cut short (no marker) must be ignored, not resumed.
+    saved = checkpoints.step_folders(workspace / "models/checkpoints")
+    last_complete = max(int(p.name.split("-")[1]) for p in saved
+                        if (p / checkpoints.MARKER_FILE).exists())
+    assert last_complete >= kill_at
+    half_written = workspace / f"models/checkpoints/checkpoint-{last_complete + 1}"
+    if not half_written.exists():
+        shutil.copytree(saved[-1], half_written, ignore=shutil.ignore_patterns(
+            checkpoints.MARKER_FILE, "trainer_state.json"))
+    (half_written / "adapter_model.safetensors").write_bytes(b"truncated")
+
+    run_stage_in_process(workspace, monkeypatch)
+
+    expected = load_file(uninterrupted / "models/adapter/adapter_model.safetensors")
+    resumed = load_file(workspace / "models/adapter/adapter_model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, tensor in expected.items():
+        assert (resumed[name] - tensor).abs().max() <= 1e-6 * tensor.abs().max(), name
+    expected_curves, resumed_curves = curves(uninterrupted), curves(workspace)
+    assert expected_curves.keys() == resumed_curves.keys()
+    assert [s for s, _ in resumed_curves["metrics/train/plots/metrics/loss.tsv"]] == \
+        list(range(1, STEPS + 1))  # every step once: nothing lost, nothing logged twice
+    for name, rows in expected_curves.items():
+        assert [s for s, _ in resumed_curves[name]] == [s for s, _ in rows], name
+        for (_, a), (_, b) in zip(rows, resumed_curves[name]):
+            assert_close(a, b)
+    summaries = [json.loads((w / "metrics/train/summary.json").read_text())
+                 for w in (uninterrupted, workspace)]
+    assert_close(summaries[0]["train_loss"], summaries[1]["train_loss"], rel=1e-5)
+    assert summaries[0]["eval_loss"] == pytest.approx(summaries[1]["eval_loss"], rel=1e-6)
+    log = (workspace / "metrics/train/training.log").read_text().splitlines()
+    assert [line.split()[1] for line in log if "loss=" in line and "eval" not in line][:STEPS] \
+        == [f"{s}/{STEPS}" for s in range(1, STEPS + 1)]
+    # A finished run deletes its checkpoints (train.keep_checkpoints: 0), keeps the folder.
+    assert checkpoints.step_folders(workspace / "models/checkpoints") == []
+    assert (workspace / "models/checkpoints" / checkpoints.FINGERPRINT_FILE).is_file()
+
+
+def test_same_params_and_seed_give_identical_numbers(uninterrupted, tiny_base_dir, tmp_path,
+                                                     monkeypatch):
+    again = make_workspace(tmp_path / "ws", tiny_base_dir, dict(TRAIN, save_steps=0))
+    run_stage_in_process(again, monkeypatch)
+    assert curves(again)["metrics/train/plots/metrics/loss.tsv"] == \
+        curves(uninterrupted)["metrics/train/plots/metrics/loss.tsv"]
+    first = load_file(uninterrupted / "models/adapter/adapter_model.safetensors")
+    second = load_file(again / "models/adapter/adapter_model.safetensors")
+    assert all((first[k] == second[k]).all() for k in first)
+    env = json.loads((again / "metrics/env.json").read_text())
+    assert env["precision"] == "fp32" and env["torch_threads"] >= 1
+    assert {"torch", "transformers", "peft", "trl", "dvc", "dvclive", "accelerate"} <= \
+        {k for k, v in env["packages"].items() if v}
+
+
+def test_checkpoints_of_other_params_are_never_resumed(uninterrupted, tiny_base_dir, tmp_path,
+                                                       monkeypatch, capsys):
+    short = dict(TRAIN, keep_checkpoints=2, max_steps=2)
+    workspace = make_workspace(tmp_path / "ws", tiny_base_dir, short)
+    run_stage_in_process(workspace, monkeypatch)
+    kept = checkpoints.step_folders(workspace / "models/checkpoints")
+    assert [p.name for p in kept] == ["checkpoint-1", "checkpoint-2"]
+    # The same folder, a new learning rate: the old checkpoints are deleted, not resumed.
+    text = (workspace / "params.yaml").read_text()
+    (workspace / "params.yaml").write_text(text.replace("learning_rate: 0.01", "learning_rate: 0.02"))
+    shutil.rmtree(workspace / "models/adapter")
+    run_stage_in_process(workspace, monkeypatch)
+    out = capsys.readouterr().out
+    assert "2 checkpoints in models/checkpoints/ are from other params or data" in out
+    assert "resuming" not in out
+    steps = curves(workspace)["metrics/train/plots/metrics/loss.tsv"]
+    assert [s for s, _ in steps] == [1, 2]
+
+
+def test_dvc_yaml_keeps_checkpoints_between_runs():
+    train = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    outs = {k: v for out in train["outs"] for k, v in
+            (out.items() if isinstance(out, dict) else [(out, {})])}
+    assert outs["models/checkpoints"] == {"persist": True, "cache": False}
+    assert outs["metrics/env.json"] == {"cache": False}

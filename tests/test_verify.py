@@ -1,0 +1,92 @@
+"""`tunelab verify-repro`: train + evaluate rerun in a scratch folder give the
+workspace's metrics exactly (CPU, same params and seed); a difference fails."""
+
+import json
+import runpy
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab import cli, io, verify
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = {"train": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1,
+                   "eval_steps": 0, "warmup_ratio": 0.0, "precision": "fp32",
+                   "lora": {"r": 4, "alpha": 8}},
+         "evaluate": {"max_examples": 2, "max_new_tokens": 3, "batch_size": 2}}
+
+
+def rows(n):
+    return [{"messages": [{"role": "user", "content": f"Is {i} even?"},
+                          {"role": "assistant", "content": "yes" if i % 2 == 0 else "no"}],
+             "task": None, "source": f"x.jsonl:{i}"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_base_dir, tmp_path_factory):
+    """A workspace after `dvc repro` of train and evaluate: tiny model, two steps."""
+    root = tmp_path_factory.mktemp("verify") / "ws"
+    root.mkdir()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in QUICK.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(tiny_base_dir, root / "models/base")
+    shutil.copytree(REPO / "stages", root / "stages")
+    for split, n in (("train", 8), ("val", 2), ("test", 2)):
+        io.write_jsonl_atomic(root / f"data/prepared/{split}.jsonl", rows(n))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(root)
+        for stage in ("train", "evaluate"):
+            assert runpy.run_path(f"stages/{stage}.py", run_name="s")["main"]() == 0
+    return root
+
+
+def test_rerun_reports_identical_metrics(workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(workspace)
+    before = {p: p.read_bytes() for p in (workspace / "metrics").rglob("*") if p.is_file()}
+    code = cli.main(["verify-repro", "--workdir", str(tmp_path / "scratch")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    compared = [r for r in verify.compare(workspace, tmp_path / "scratch", 0.0) if not r["timing"]]
+    assert len(compared) > 20 and not any(r["differs"] for r in compared)
+    assert out.splitlines()[-1] == (f"verify-repro: identical: all {len(compared)} metrics match "
+                                    "(tolerance 0)")
+    assert "tuned.loss" in out and "train_seconds" in out
+    # The rerun wrote only into the scratch folder.
+    assert {p: p.read_bytes() for p in (workspace / "metrics").rglob("*") if p.is_file()} == before
+    assert (tmp_path / "scratch/models/adapter/adapter_model.safetensors").is_file()
+    assert (tmp_path / "scratch/metrics/env.json").is_file()
+
+
+def test_a_changed_metric_is_reported_and_fails(workspace, tmp_path):
+    rerun = tmp_path / "rerun"
+    for name in verify.COMPARED:
+        (rerun / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(workspace / name, rerun / name)
+    metrics = json.loads((rerun / "metrics/eval.json").read_text())
+    metrics["tuned"]["loss"] *= 1 + 1e-9
+    metrics["tuned"]["new_metric"] = 1.0
+    (rerun / "metrics/eval.json").write_text(json.dumps(metrics))
+    summary = json.loads((rerun / "metrics/train/summary.json").read_text())
+    summary["train_seconds"] += 100.0  # timing: shown, never compared
+    (rerun / "metrics/train/summary.json").write_text(json.dumps(summary))
+
+    exact = {r["key"]: r for r in verify.compare(workspace, rerun, 0.0)}
+    assert [k for k, r in exact.items() if r["differs"]] == ["tuned.loss", "tuned.new_metric"]
+    assert exact["tuned.new_metric"]["workspace"] == "(missing)"
+    assert exact["train_seconds"]["timing"] and not exact["train_seconds"]["differs"]
+    loose = verify.compare(workspace, rerun, 1e-6)
+    assert [r["key"] for r in loose if r["differs"]] == ["tuned.new_metric"]
+
+
+def test_workspace_without_a_run_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  max_steps: 2\n")
+    assert cli.main(["verify-repro"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tunelab verify-repro: error: models/base/config.json, "
+                          "metrics/train/summary.json, metrics/eval.json, data/prepared/train.jsonl")
+    assert err.endswith(f"not found in {tmp_path}: run `dvc repro` first\n")

@@ -1,0 +1,267 @@
+"""`tunelab watch`: the promotion rule, file handling, and a real run in a temporary Git +
+DVC copy of this repo with a tiny model (one full experiment, then a cheap second one)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab import cli, promotion, watch
+from tunelab.promotion import decide
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {  # one optimizer step and two test examples: the experiment takes seconds per stage
+    "prepare": {"val_ratio": 0.01},
+    "train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "save_steps": 0,
+              "logging_steps": 1, "warmup_ratio": 0.0},
+    "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
+}
+BASELINE = {"tuned": {"task_accuracy": 0.25}}  # the "current model" committed at HEAD
+
+
+# --- the rule ------------------------------------------------------------------------
+
+def test_promotes_when_the_gain_reaches_min_gain():
+    d = decide(0.5, 0.6, 0.1, "tuned.task_accuracy")
+    assert d.promote and d.gain == pytest.approx(0.1)
+    assert d.reason == ("tuned.task_accuracy 0.6 vs current 0.5 (higher is better): "
+                        "gain +0.1 >= min_gain +0.1")
+
+
+def test_rejects_below_min_gain_and_allows_a_negative_one():
+    assert not decide(0.5, 0.55, 0.1, "tuned.task_accuracy").promote
+    assert decide(0.5, 0.45, -0.1, "tuned.task_accuracy").promote
+    assert not decide(0.5, 0.35, -0.1, "tuned.task_accuracy").promote
+
+
+def test_losses_improve_downwards():
+    d = decide(2.0, 1.5, 0.2, "tuned.loss")
+    assert d.promote and d.gain == pytest.approx(0.5) and "lower is better" in d.reason
+    assert not decide(2.0, 2.5, -0.2, "tuned.perplexity").promote
+
+
+def test_missing_values():
+    assert decide(None, 0.1, 5.0, "tuned.task_accuracy").promote  # first model
+    no_candidate = decide(0.5, None, -1.0, "tuned.task_accuracy")
+    assert not no_candidate.promote
+    assert no_candidate.reason == "the experiment wrote no tuned.task_accuracy"
+
+
+def test_metric_value_reads_a_dotted_key():
+    metrics = {"tuned": {"task_accuracy": 0.7, "nested": {"x": 1}}, "examples": 3}
+    assert promotion.metric_value(metrics, "tuned.task_accuracy") == 0.7
+    assert promotion.metric_value(metrics, "tuned.missing") is None
+    assert promotion.metric_value(metrics, "tuned.nested") is None
+    assert promotion.metric_value(None, "tuned.task_accuracy") is None
+
+
+# --- files and git -------------------------------------------------------------------
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def init_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q")
+    git(path, "config", "user.email", "watch@tunelab.local")
+    git(path, "config", "user.name", "tunelab watch test")
+    return path
+
+
+def test_settled_files_skip_hidden_partial_and_growing_files(tmp_path, monkeypatch):
+    for name in ("b.jsonl", "a.csv", ".hidden.jsonl", "c.jsonl.part", "d.tmp", "grows.jsonl"):
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "rejected").mkdir()
+
+    def sleep_while_a_writer_appends(seconds):
+        with (tmp_path / "grows.jsonl").open("a") as f:
+            f.write("more\n")
+
+    monkeypatch.setattr(watch.time, "sleep", sleep_while_a_writer_appends)
+    assert [p.name for p in watch.settled_files(tmp_path, 2.0)] == ["a.csv", "b.jsonl"]
+
+
+def test_ingest_and_set_aside_never_overwrite(tmp_path):
+    raw, incoming = tmp_path / "raw", tmp_path / "incoming"
+    raw.mkdir()
+    incoming.mkdir()
+    source = incoming / "new data.jsonl"
+    source.write_text('{"text": "hello"}\n')
+    (raw / "incoming-20260101T000000-new_data.jsonl").write_text("already here\n")
+    ingested = watch.ingest(source, raw, "20260101T000000")
+    assert ingested.name == "incoming-20260101T000000-new_data-2.jsonl"
+    assert ingested.read_text() == source.read_text()
+    assert (raw / "incoming-20260101T000000-new_data.jsonl").read_text() == "already here\n"
+    assert sorted(p.name for p in raw.iterdir()) == [  # no partial copy left behind
+        "incoming-20260101T000000-new_data-2.jsonl", "incoming-20260101T000000-new_data.jsonl"]
+    (incoming / "rejected").mkdir()
+    (incoming / "rejected" / "new data.jsonl").write_text("older reject\n")
+    moved = watch.set_aside(source, incoming / "rejected", ["x.jsonl:1: bad"])
+    assert moved.name == "new data-2.jsonl" and not source.exists()
+    assert (incoming / "rejected" / "new data-2.jsonl.reason.txt").read_text() == "x.jsonl:1: bad\n"
+
+
+def test_next_version_bumps_the_highest_gto_tag(tmp_path):
+    repo = init_repo(tmp_path / "r")
+    (repo / "f").write_text("x")
+    git(repo, "add", "f")
+    git(repo, "commit", "-qm", "one")
+    assert promotion.next_version(repo, "ticket-triage-adapter") == "v0.0.1"
+    for tag in ("ticket-triage-adapter@v0.0.2", "ticket-triage-adapter@v0.0.10", "other@v3.0.0"):
+        git(repo, "tag", tag)
+    assert promotion.next_version(repo, "ticket-triage-adapter") == "v0.0.11"
+    assert promotion.artifact_name(REPO) == "ticket-triage-adapter"  # dvc.yaml's adapter artifact
+
+
+def test_discard_ingested_leaves_index_and_workspace_at_head(tmp_path):
+    repo = init_repo(tmp_path / "r")
+    (repo / "kept.txt").write_text("x")
+    git(repo, "add", "kept.txt")
+    git(repo, "commit", "-qm", "one")
+    new = repo / "data" / "incoming.jsonl"
+    new.parent.mkdir()
+    new.write_text("{}\n")
+    git(repo, "add", "data/incoming.jsonl")
+    promotion.discard_ingested(repo, new)
+    assert not new.exists() and git(repo, "status", "--porcelain") == ""
+
+
+# --- a real run ----------------------------------------------------------------------
+
+def run(args, cwd):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    return result.stdout
+
+
+e2e = pytest.mark.e2e  # real `dvc exp run`s: skipped by `make test-fast`
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tiny_base_dir, tmp_path_factory):
+    """A git + DVC copy of this repo on the tiny model; HEAD holds a baseline metric and
+    no dvc.lock, so the first experiment runs every stage."""
+    repo = tmp_path_factory.mktemp("watch") / "repo"
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).split()
+    for name in files:
+        if (REPO / name).is_file() and not name.startswith(("tests/", "bench/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"]["base"] = str(tiny_base_dir)  # a local Hugging Face folder
+    for section, values in TINY.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "metrics/eval.json").write_text(json.dumps(BASELINE))
+    init_repo(repo)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def first_watch(tiny_repo, tmp_path_factory):
+    """A valid and a malformed file; min_gain -1 promotes any candidate."""
+    incoming = tmp_path_factory.mktemp("incoming")
+    tickets = (REPO / "data/raw/tickets.jsonl").read_text().splitlines()
+    (incoming / "good.jsonl").write_text("\n".join(tickets[:3]) + "\n")
+    (incoming / "bad.jsonl").write_text(tickets[0] + "\n{not json\n")
+    code = in_repo(tiny_repo, ["watch", "--incoming", str(incoming), "--once",
+                               "--settle", "0", "--min-gain", "-1"])
+    return incoming, code, log_lines(tiny_repo)
+
+
+def in_repo(repo: Path, argv: list[str]) -> int:
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        return cli.main(argv)
+    finally:
+        os.chdir(cwd)
+
+
+def log_lines(repo: Path) -> list[dict]:
+    return [json.loads(line) for line in (repo / "logs/watch.jsonl").read_text().splitlines()]
+
+
+@e2e
+def test_a_dirty_workspace_is_refused(tiny_repo, tmp_path, capsys):
+    params = tiny_repo / "params.yaml"
+    original = params.read_text()
+    params.write_text(original + "\n# edited\n")
+    try:
+        assert in_repo(tiny_repo, ["watch", "--incoming", str(tmp_path), "--once"]) == 1
+    finally:
+        params.write_text(original)
+    assert capsys.readouterr().err.startswith(
+        "tunelab watch: error: uncommitted changes in params.yaml: commit or stash them first")
+
+
+@e2e
+def test_malformed_file_is_set_aside_with_its_reason(first_watch):
+    incoming, code, log = first_watch
+    assert code == 0
+    assert not (incoming / "bad.jsonl").exists()
+    reason = (incoming / "rejected/bad.jsonl.reason.txt").read_text()
+    assert reason == f"{incoming / 'bad.jsonl'}:2: invalid JSON: Expecting property name " \
+                     "enclosed in double quotes\n"
+    assert log[0]["file"] == "bad.jsonl" and log[0]["decision"] == "invalid"
+    assert "ingested_as" not in log[0]
+
+
+@e2e
+def test_valid_file_is_ingested_run_and_promoted(first_watch, tiny_repo):
+    incoming, _, log = first_watch
+    record = log[1]
+    assert record["file"] == "good.jsonl" and record["decision"] == "promoted"
+    assert record["metric"] == "tuned.task_accuracy" and record["min_gain"] == -1.0
+    metrics = json.loads((tiny_repo / "metrics/eval.json").read_text())
+    assert record["current"] == 0.25 and record["candidate"] == metrics["tuned"]["task_accuracy"]
+    assert record["gain"] == pytest.approx(record["candidate"] - 0.25, abs=1e-6)
+    # Ingested under a new name next to the original data, byte for byte.
+    ingested = tiny_repo / record["ingested_as"]
+    assert ingested.parent == tiny_repo / "data/raw" and ingested.name.endswith("-good.jsonl")
+    assert ingested.read_text() == (incoming / "processed/good.jsonl").read_text()
+    assert sorted(p.name for p in ingested.parent.iterdir()) == sorted(
+        [ingested.name, "tickets.jsonl"])
+    # Committed and tagged: the tag names the commit that holds the new data and results.
+    assert git(tiny_repo, "rev-parse", "HEAD") == record["commit"]
+    assert record["tag"] == "ticket-triage-adapter@v0.0.1"
+    assert git(tiny_repo, "rev-parse", f"{record['tag']}^{{commit}}") == record["commit"]
+    committed = git(tiny_repo, "show", "--name-only", "--format=", "HEAD").splitlines()
+    assert {record["ingested_as"], "dvc.lock", "metrics/eval.json"} <= set(committed)
+    assert git(tiny_repo, "status", "--porcelain", "--untracked-files=no") == ""
+    assert (tiny_repo / "models/adapter/adapter_model.safetensors").is_file()
+
+
+@e2e
+def test_same_data_again_gains_nothing_and_is_rejected(first_watch, tiny_repo):
+    """A copy of the promoted file: prepare drops the duplicates, DVC skips train and
+    evaluate, the metric is unchanged, and min_gain 0.01 rejects it."""
+    incoming, _, _ = first_watch
+    head = git(tiny_repo, "rev-parse", "HEAD")
+    shutil.copy(incoming / "processed/good.jsonl", incoming / "again.jsonl")
+    assert in_repo(tiny_repo, ["watch", "--incoming", str(incoming), "--once",
+                               "--settle", "0", "--min-gain", "0.01"]) == 0
+    record = log_lines(tiny_repo)[-1]
+    assert record["file"] == "again.jsonl" and record["decision"] == "rejected"
+    assert record["gain"] == 0.0 and record["current"] == record["candidate"]
+    assert "gain +0 < min_gain +0.01" in record["reason"]
+    # Nothing of it stays: same HEAD, no new tag, no ingested copy, a clean index.
+    assert git(tiny_repo, "rev-parse", "HEAD") == head
+    assert git(tiny_repo, "tag", "--list").splitlines() == ["ticket-triage-adapter@v0.0.1"]
+    assert not (tiny_repo / record["ingested_as"]).exists()
+    assert git(tiny_repo, "status", "--porcelain", "--untracked-files=no") == ""
+    # The experiment is kept for inspection, with the data it was run on.
+    assert git(tiny_repo, "show", "--name-only", "--format=", record["exp_commit"], "--",
+               record["ingested_as"]) == record["ingested_as"]
+    assert (incoming / "processed/again.jsonl").is_file()
