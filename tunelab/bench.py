@@ -205,8 +205,10 @@ def measure_one(name: str, base_dir, train_file, steps: int, warmup: int, batch_
         build = baseline_trainer if name == "baseline" else tunelab_trainer
         trainer, precision = build(p, base_dir, train_file, output_dir)
         # "non_padding" counts the attention-mask sum of each batch (transformers
-        # Trainer._track_num_input_tokens); both collators here return a mask.
-        trainer.args.include_num_input_tokens_seen = "non_padding"
+        # Trainer._track_num_input_tokens). Padding-free packed batches have no mask and
+        # no padding: there "non_padding" would count input_ids != pad id and so drop the
+        # real EOS tokens (pad is EOS here), while "all" counts exactly the real tokens.
+        trainer.args.include_num_input_tokens_seen = "all" if p.packing else "non_padding"
         trainer.add_callback(timer)
         trainer.train()
     matmul_parameters, trainable_matmul_parameters = linear_parameters(timer.model)
