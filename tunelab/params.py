@@ -63,7 +63,7 @@ class QuantizationParams:
 
 @dataclass
 class GuardParams:
-    grad_norm_factor: float = 10.0
+    grad_norm_factor: float = 100.0
     warmup_logs: int = 3
 
 
