@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import yaml
 
 from tunelab import cli, sweep, sweep_report
 from tunelab.sweep import SweepError
+
+from test_pipeline_e2e import run  # noqa: E402  (tests/ is on sys.path under pytest)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,15 +260,6 @@ TINY = {"train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "logging_ste
                   "save_steps": 0, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
         "prepare": {"val_ratio": 0.0},  # no validation set: no final eval pass
         "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2}}
-
-
-def run(args, cwd, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")
