@@ -126,6 +126,18 @@ def test_repo_params_file_is_valid(capsys):
     assert out == f"OK: {REPO_PARAMS} (model, prepare, validate, train, evaluate, plot, report, check)\n"
 
 
+def test_multitask_params_file_is_valid_and_its_tasks_checked(tmp_path, capsys):
+    multitask_params = REPO_PARAMS.parent / "multitask" / "params.yaml"
+    code, out, err = run_cli(capsys, "validate-config", multitask_params)
+    assert (code, err) == (0, "")
+    assert out.endswith("report, check, multitask)\n")
+    path = tmp_path / "params.yaml"
+    path.write_text("multitask:\n  tasks: [triage, triage]\n")
+    code, _, err = run_cli(capsys, "validate-config", path)
+    assert (code, err) == (1, f"tunelab validate-config: error: {path}: multitask.tasks: "
+                              "listed twice: 'triage'\n")
+
+
 def test_bad_params_file_fails_with_one_line(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lerning_rate: 1.0e-4\n")

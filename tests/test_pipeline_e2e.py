@@ -90,6 +90,20 @@ def test_second_repro_reruns_nothing(reproduced):
     assert "up to date" in result.stdout
 
 
+def test_fresh_clone_of_the_run_with_its_cache_reruns_nothing(reproduced, tmp_path):
+    """What a teammate gets from `git clone` + `dvc pull` of a committed run."""
+    repo, _ = reproduced
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    # The run's results as a commit would carry them, without committing in `repo`.
+    for name in run(["git", "ls-files", "-co", "--exclude-standard"], repo).stdout.split():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, clone / name)
+    run(["dvc", "cache", "dir", "--local", str(repo / ".dvc" / "cache")], clone)
+    run(["dvc", "checkout"], clone)
+    assert ran_stages(run(["dvc", "repro", "--dry"], clone).stdout) == []
+
+
 def test_evaluate_param_reruns_only_downstream_stages(reproduced):
     repo, _ = reproduced
     original = (repo / "params.yaml").read_text()

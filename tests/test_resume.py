@@ -132,9 +132,11 @@ def test_killed_run_resumes_to_the_same_adapter_and_curves(uninterrupted, tiny_b
     log = (workspace / "metrics/train/training.log").read_text().splitlines()
     assert [line.split()[1] for line in log if "loss=" in line and "eval" not in line][:STEPS] \
         == [f"{s}/{STEPS}" for s in range(1, STEPS + 1)]
-    # A finished run deletes its checkpoints (train.keep_checkpoints: 0), keeps the folder.
-    assert checkpoints.step_folders(workspace / "models/checkpoints") == []
-    assert (workspace / "models/checkpoints" / checkpoints.FINGERPRINT_FILE).is_file()
+    # A finished run deletes its checkpoints (train.keep_checkpoints: 0) and leaves the
+    # folder as git has it: only ABOUT.md, so dvc.lock's record of it holds in any clone.
+    left = workspace / "models/checkpoints"
+    assert [p.name for p in left.iterdir()] == [checkpoints.ABOUT_FILE]
+    assert (left / checkpoints.ABOUT_FILE).read_text() == checkpoints.ABOUT_TEXT
 
 
 def test_same_params_and_seed_give_identical_numbers(uninterrupted, tiny_base_dir, tmp_path,
@@ -169,6 +171,13 @@ def test_checkpoints_of_other_params_are_never_resumed(uninterrupted, tiny_base_
     assert "resuming" not in out
     steps = curves(workspace)["metrics/train/plots/metrics/loss.tsv"]
     assert [s for s, _ in steps] == [1, 2]
+
+
+def test_git_tracks_the_checkpoint_folder_as_a_finished_run_leaves_it():
+    tracked = subprocess.run(["git", "ls-files", "models/checkpoints"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert tracked == [f"models/checkpoints/{checkpoints.ABOUT_FILE}"]
+    assert (REPO / tracked[0]).read_text() == checkpoints.ABOUT_TEXT
 
 
 def test_dvc_yaml_keeps_checkpoints_between_runs():

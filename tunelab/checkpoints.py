@@ -29,6 +29,18 @@ FINGERPRINT_FILE = "tunelab_fingerprint.json"
 MARKER_FILE = "tunelab_checkpoint.json"
 LIVE_COPY = "tunelab_live"
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)$")
+# All a finished run leaves in the folder when it keeps no checkpoints. Git tracks it
+# (models/checkpoints/ABOUT.md), so a fresh clone holds the folder exactly as dvc.lock
+# records it, and `dvc repro` there reruns nothing.
+ABOUT_FILE = "ABOUT.md"
+ABOUT_TEXT = """\
+# Training checkpoints
+
+While `train` runs, it saves a `checkpoint-N/` folder here every `train.save_steps`
+steps. A killed run resumes from the newest complete one (DVC keeps this folder
+between runs: `persist: true`). A finished run keeps `train.keep_checkpoints` of
+them; with 0 only this file stays.
+"""
 # Params that change no trained number: a run may resume across a change of these.
 NOT_FINGERPRINTED = ("keep_checkpoints", "guard")
 
@@ -123,7 +135,17 @@ def restore_live(checkpoint: Path, live_dir: str | Path) -> None:
 
 
 def clean(checkpoint_dir: str | Path, keep: int) -> None:
-    """After a finished run: delete all but the newest ``keep`` checkpoints."""
+    """After a finished run: delete all but the newest ``keep`` checkpoints; with 0,
+    everything else too (fingerprint, the trainer's model card) but ABOUT.md."""
     folders = step_folders(checkpoint_dir)
     for path in folders[:max(len(folders) - keep, 0)]:
         shutil.rmtree(path)
+    if keep > 0:
+        return
+    folder = Path(checkpoint_dir)
+    for path in folder.iterdir():
+        if path.name != ABOUT_FILE:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    about = folder / ABOUT_FILE
+    if not about.is_file() or about.read_text(encoding="utf-8") != ABOUT_TEXT:
+        about.write_text(ABOUT_TEXT, encoding="utf-8")

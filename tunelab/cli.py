@@ -11,6 +11,7 @@
     tunelab watch --incoming DIR [--once --min-gain X --metric tuned.task_accuracy]   continuous learning
     tunelab sweep FILE | lr-test | sweep-report [--apply-best] | check --baseline REV   sweeps, gate
     tunelab verify-repro [--tolerance 0]   rerun train + evaluate, compare metrics with the workspace
+    tunelab compare-runs A B [--margin 0.05]   per-example gap of two runs, with a 95% interval
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab import gate, sweep_report, sweep_run  # `tunelab sweep/lr-test/sweep-report/check`
     for module in (sweep_run, sweep_report, gate):
         module.register(commands)
-    from tunelab import verify  # `tunelab verify-repro`
-    verify.register(commands)
+    from tunelab import comparison, verify  # `tunelab verify-repro`, `tunelab compare-runs`
+    for module in (verify, comparison):
+        module.register(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -125,7 +127,13 @@ def validate_data(args) -> int:
 
 
 def validate_config(args) -> int:
-    sections = params.load_all(args.path)
+    also_known = ()
+    if "multitask" in params.read_file(args.path):  # multitask/params.yaml
+        from tunelab import multitask
+
+        multitask.load_params(args.path)
+        also_known = ("multitask",)
+    sections = {**params.load_all(args.path, also_known), **dict.fromkeys(also_known)}
     params.check_split(sections["prepare"], args.path)
     # Named layers must exist in the base model, when it is there to look at (weights unread).
     base = Path(args.path).parent / DEFAULT_BASE

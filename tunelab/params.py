@@ -195,11 +195,12 @@ def load(section: str, path: str | Path = PARAMS_FILE):
     return loaded
 
 
-def load_all(path: str | Path = PARAMS_FILE) -> dict:
-    """Validate every section (unknown sections are errors too)."""
+def load_all(path: str | Path = PARAMS_FILE, also_known: tuple[str, ...] = ()) -> dict:
+    """Validate every section (unknown sections are errors too, except ``also_known``:
+    sections another module validates, like multitask/params.yaml's `multitask`)."""
     raw = read_file(path)
     for name in raw:
-        if name not in SECTIONS:
+        if name not in SECTIONS and name not in also_known:
             raise ParamsError(f"{path}: {name}: unknown section{_did_you_mean(name, SECTIONS)}")
     sections = {name: build(cls, raw.get(name) or {}, name, path) for name, cls in SECTIONS.items()}
     for name, loaded in sections.items():

@@ -1,0 +1,188 @@
+"""Paired comparison of two runs on the same test examples: `tunelab compare-runs A B`.
+
+Two runs evaluated on one test split are scored example by example, so their gap
+comes with a 95% bootstrap confidence interval of the mean per-example difference
+(scipy.stats.bootstrap, BCa). On 56 examples a gap of 0.06 can be noise; the
+interval says whether it is. A and B are each a samples file (metrics/samples.jsonl
+as evaluate writes it), a git revision, or a DVC experiment name.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tunelab import scoring
+from tunelab.io import DataError
+
+SAMPLES_FILE = "metrics/samples.jsonl"
+METRICS = ("task_accuracy", "json_valid", "exact_match")
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+
+
+@dataclass
+class Difference:
+    """B minus A for one metric: means over the paired examples and the interval."""
+    metric: str
+    mean_a: float
+    mean_b: float
+    low: float
+    high: float
+
+    @property
+    def diff(self) -> float:
+        return self.mean_b - self.mean_a
+
+    def verdict(self, margin: float | None = None) -> str:
+        if margin is not None:
+            if -margin <= self.low and self.high <= margin:
+                return f"within ±{margin:g}"
+            if self.high < -margin or self.low > margin:
+                return f"differs by more than {margin:g}"
+            return f"undecided at ±{margin:g}: more examples needed"
+        if self.low > 0:
+            return "B higher"
+        if self.high < 0:
+            return "B lower"
+        return "no clear difference"
+
+
+def load_samples(spec: str, repo: str | Path = ".") -> list[dict]:
+    """The samples of ``spec``: a file, or metrics/samples.jsonl at a revision or experiment."""
+    if Path(spec).is_file():
+        origin, text = spec, Path(spec).read_text(encoding="utf-8")
+    else:
+        commit = resolve_revision(spec, repo)
+        shown = _git(repo, "show", f"{commit}:{SAMPLES_FILE}")
+        if shown.returncode != 0:
+            raise DataError(f"{spec}: no {SAMPLES_FILE} at {commit[:7]} (run evaluate first)")
+        origin, text = f"{spec}:{SAMPLES_FILE}", shown.stdout
+    samples = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            sample = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{origin}:{line_number}: not valid JSON ({err.msg})") from None
+        missing = [key for key in ("prompt", "reference", "tuned")
+                   if not isinstance(sample, dict) or not isinstance(sample.get(key), str)]
+        if missing:
+            raise DataError(f"{origin}:{line_number}: no text for {', '.join(missing)}")
+        samples.append(sample)
+    if not samples:
+        raise DataError(f"{origin}: no samples")
+    return samples
+
+
+def resolve_revision(spec: str, repo: str | Path = ".") -> str:
+    """The commit of a git revision, or of a DVC experiment of that name (preferring
+    one run on HEAD when several experiments share the name)."""
+    found = _git(repo, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}")
+    if found.returncode == 0:
+        return found.stdout.strip()
+    refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/")
+    matches = [line.split() for line in refs.stdout.splitlines()
+               if line.split()[0].rsplit("/", 1)[-1] == spec]
+    head = _git(repo, "rev-parse", "HEAD").stdout.strip()
+    on_head = [commit for ref, commit in matches
+               if head and ref.split("/")[2:4] == [head[:2], head[2:]]]
+    if on_head or len(matches) == 1:
+        return (on_head or [matches[0][1]])[0]
+    if matches:
+        raise DataError(f"{spec}: {len(matches)} DVC experiments have this name on other "
+                        "commits; give the experiment's commit instead (dvc exp show --sha)")
+    raise DataError(f"{spec}: not a file, git revision or DVC experiment")
+
+
+def per_example_scores(samples: list[dict]) -> dict[tuple, dict]:
+    """{example key: {metric: score in 0..1}} for the tuned answer of every sample."""
+    scored = {}
+    for index, sample in enumerate(samples):
+        key = (sample.get("source", index), sample["prompt"])
+        scores = scoring.task_scores([sample["tuned"]], [sample["reference"]])
+        scored[key] = {metric: float(value) for metric, value in scores.items()}
+    return scored
+
+
+def compare(samples_a: list[dict], samples_b: list[dict], metrics=METRICS,
+            seed: int = 0) -> list[Difference]:
+    """B minus A per metric, over the examples both runs answered."""
+    from scipy.stats import bootstrap
+
+    scores_a, scores_b = per_example_scores(samples_a), per_example_scores(samples_b)
+    only_a, only_b = scores_a.keys() - scores_b.keys(), scores_b.keys() - scores_a.keys()
+    if only_a or only_b:
+        raise DataError(f"A and B were evaluated on different examples ({len(only_a)} only in A, "
+                        f"{len(only_b)} only in B): a paired comparison needs the same test split")
+    keys = sorted(scores_a, key=str)
+    differences = []
+    for metric in metrics:
+        if not all(metric in scores_a[k] and metric in scores_b[k] for k in keys):
+            scored = sorted(scores_a[keys[0]])
+            raise DataError(f"--metrics: {metric} is not scored for these samples "
+                            f"(choose from {', '.join(scored)})")
+        a = np.array([scores_a[k][metric] for k in keys])
+        b = np.array([scores_b[k][metric] for k in keys])
+        gaps = b - a
+        if np.all(gaps == gaps[0]):  # no spread: the bootstrap interval is the point itself
+            low = high = float(gaps[0])
+        else:
+            interval = bootstrap((gaps,), np.mean, confidence_level=CONFIDENCE,
+                                 n_resamples=RESAMPLES, rng=np.random.default_rng(seed)
+                                 ).confidence_interval
+            low, high = float(interval.low), float(interval.high)
+        differences.append(Difference(metric, float(a.mean()), float(b.mean()), low, high))
+    return differences
+
+
+def table(differences: list[Difference], label_a: str, label_b: str, examples: int,
+          margin: float | None):
+    from rich.table import Table
+
+    out = Table(title=f"B = {label_b} vs A = {label_a}: {examples} paired test examples, "
+                      f"{CONFIDENCE:.0%} bootstrap interval of B - A")
+    for column in ("metric", "A", "B", "B - A", "interval", "verdict"):
+        out.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    for row in differences:
+        out.add_row(row.metric, f"{row.mean_a:.3f}", f"{row.mean_b:.3f}", f"{row.diff:+.3f}",
+                    f"[{row.low:+.3f}, {row.high:+.3f}]", row.verdict(margin))
+    return out
+
+
+def compare_command(args) -> int:
+    from rich.console import Console
+
+    if args.margin is not None and not args.margin >= 0:
+        raise DataError(f"--margin must be >= 0, got {args.margin}")
+    samples_a, samples_b = load_samples(args.a), load_samples(args.b)
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    if not metrics:
+        raise DataError("--metrics: give at least one metric, e.g. task_accuracy")
+    differences = compare(samples_a, samples_b, metrics=metrics)
+    Console(width=120).print(table(differences, args.a, args.b, len(samples_a), args.margin))
+    headline = differences[0]
+    return 1 if args.margin is not None and "more than" in headline.verdict(args.margin) else 0
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("compare-runs", help="paired per-example comparison of two "
+                                 "runs' test answers, with bootstrap confidence intervals")
+    parser.add_argument("a", help="samples file, git revision or DVC experiment name")
+    parser.add_argument("b", help="the same for the other run; differences are B - A")
+    parser.add_argument("--metrics", default=",".join(METRICS),
+                        help="comma-separated: task_accuracy, json_valid, exact_match, field_NAME; "
+                             "the first decides the exit code with --margin")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="equivalence margin, e.g. 0.05: exit 1 when the first metric's "
+                             "interval lies wholly outside ±margin")
+    parser.set_defaults(handler=compare_command)
+
+
+def _git(repo: str | Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
