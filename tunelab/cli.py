@@ -133,7 +133,7 @@ def validate_config(args) -> int:
 
         multitask.load_params(args.path)
         also_known = ("multitask",)
-    sections = {**params.load_all(args.path, also_known), **dict.fromkeys(also_known)}
+    sections = params.load_all(args.path, also_known)
     params.check_split(sections["prepare"], args.path)
     # Named layers must exist in the base model, when it is there to look at (weights unread).
     base = Path(args.path).parent / DEFAULT_BASE
@@ -141,7 +141,7 @@ def validate_config(args) -> int:
         from tunelab import training
 
         training.check_target_modules_of(base, sections["train"].lora.target_modules)
-    print(f"OK: {args.path} ({', '.join(sections)})")
+    print(f"OK: {args.path} ({', '.join([*sections, *also_known])})")
     return 0
 
 

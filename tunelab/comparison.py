@@ -10,13 +10,12 @@ as evaluate writes it), a git revision, or a DVC experiment name.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tunelab import scoring
+from tunelab import scoring, sweep_run
 from tunelab.io import DataError
 
 SAMPLES_FILE = "metrics/samples.jsonl"
@@ -52,16 +51,16 @@ class Difference:
         return "no clear difference"
 
 
-def load_samples(spec: str, repo: str | Path = ".") -> list[dict]:
+def load_samples(spec: str) -> list[dict]:
     """The samples of ``spec``: a file, or metrics/samples.jsonl at a revision or experiment."""
     if Path(spec).is_file():
         origin, text = spec, Path(spec).read_text(encoding="utf-8")
     else:
-        commit = resolve_revision(spec, repo)
-        shown = _git(repo, "show", f"{commit}:{SAMPLES_FILE}")
-        if shown.returncode != 0:
+        commit = resolve_revision(spec)
+        shown = sweep_run.show_file(commit, SAMPLES_FILE)
+        if shown is None:
             raise DataError(f"{spec}: no {SAMPLES_FILE} at {commit[:7]} (run evaluate first)")
-        origin, text = f"{spec}:{SAMPLES_FILE}", shown.stdout
+        origin, text = f"{spec}:{SAMPLES_FILE}", shown
     samples = []
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -80,18 +79,15 @@ def load_samples(spec: str, repo: str | Path = ".") -> list[dict]:
     return samples
 
 
-def resolve_revision(spec: str, repo: str | Path = ".") -> str:
+def resolve_revision(spec: str) -> str:
     """The commit of a git revision, or of a DVC experiment of that name (preferring
     one run on HEAD when several experiments share the name)."""
-    found = _git(repo, "rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}")
+    found = sweep_run.git("rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}", check=False)
     if found.returncode == 0:
         return found.stdout.strip()
-    refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/")
-    matches = [line.split() for line in refs.stdout.splitlines()
-               if line.split()[0].rsplit("/", 1)[-1] == spec]
-    head = _git(repo, "rev-parse", "HEAD").stdout.strip()
-    on_head = [commit for ref, commit in matches
-               if head and ref.split("/")[2:4] == [head[:2], head[2:]]]
+    head = sweep_run.git("rev-parse", "HEAD", check=False).stdout.strip()
+    matches = [(baseline, sha) for baseline, name, sha in sweep_run.experiments() if name == spec]
+    on_head = [sha for baseline, sha in matches if baseline == head]
     if on_head or len(matches) == 1:
         return (on_head or [matches[0][1]])[0]
     if matches:
@@ -182,7 +178,3 @@ def register(commands) -> None:
                         help="equivalence margin, e.g. 0.05: exit 1 when the first metric's "
                              "interval lies wholly outside ±margin")
     parser.set_defaults(handler=compare_command)
-
-
-def _git(repo: str | Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)

@@ -69,17 +69,21 @@ def preflight() -> str:
     return git("rev-parse", "HEAD").stdout.strip()
 
 
-def experiment_refs(baseline: str | None = None) -> dict[str, str]:
-    """{experiment name: commit} of finished experiments (on ``baseline``, or on any commit)."""
-    prefix = f"refs/exps/{baseline[:2]}/{baseline[2:]}/" if baseline else "refs/exps/"
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", prefix).stdout
-    refs = {}
+def experiments() -> list[tuple[str, str, str]]:
+    """(baseline commit, experiment name, experiment commit) of every finished experiment."""
+    out = git("for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/").stdout
+    found = []
     for line in out.splitlines():
         sha, ref = line.split(" ", 1)
         parts = ref.split("/")
         if len(parts) == 5 and len(parts[2]) == 2:  # refs/exps/ab/cdef.../NAME
-            refs[parts[4]] = sha
-    return refs
+            found.append((parts[2] + parts[3], parts[4], sha))
+    return found
+
+
+def experiment_refs(baseline: str | None = None) -> dict[str, str]:
+    """{experiment name: commit} of finished experiments (on ``baseline``, or on any commit)."""
+    return {name: sha for base, name, sha in experiments() if baseline in (None, base)}
 
 
 def show_file(commit: str, path: str) -> str | None:
