@@ -48,7 +48,8 @@ multitask: setup
 NPROC ?= 2
 ACCELERATE_CONFIG ?= configs/accelerate/cpu_2proc.yaml
 train-multi: setup
-	accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) stages/train.py
+	accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) \
+		$$($(PYTHON) -m tunelab.experiments.stage_commands train)
 
 # Hyperparameter sweep: every trial a DVC experiment (dvc exp show); ranking and plots in
 # reports/sweep.html. Needs a clean git workspace. make sweep SWEEP=sweeps/lr_test.yaml

@@ -1,22 +1,23 @@
 """Stage: materialise model.base once as a plain safetensors folder.
 
-Reads params `model`; writes models/base/ (weights, tokenizer, tunelab_base.json).
+Usage (dvc.yaml): python stages/base.py BASE_DIR
+Reads params `model`; writes BASE_DIR (weights, tokenizer, tunelab_base.json).
 A GGUF is dequantized here once, so later stages load in seconds and 4-bit
 loading becomes possible.
 """
 
-from tunelab import basemodel, params, stage
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.models import source
 
-BASE_DIR = "models/base"
 
-
-def main() -> int:
+def main(base_dir: str) -> int:
     p = params.load("model")
-    print(f"base: materialising {p.base} into {BASE_DIR}/")
-    info = basemodel.materialise(p.base, BASE_DIR)
+    print(f"base: materialising {p.base} into {base_dir}/")
+    info = source.materialise(p.base, base_dir)
     print(f"base: {info['parameters'] / 1e6:.0f}M parameters from {info['source']}")
     return 0
 
 
 if __name__ == "__main__":
-    stage.run(main, "base")
+    pipeline.run(main, "base")

@@ -1,30 +1,37 @@
 """Stage (multitask/dvc.yaml): evaluate each task's adapter against the base on that task.
 
-Reads multitask/params.yaml `multitask` and `evaluate` (max_examples is per task);
-writes multitask/metrics/eval.json:
+Usage (dvc.yaml): python stages/evaluate_tasks.py PARAMS_FILE BASE_DIR ADAPTERS_DIR
+                  TEST_FILE EVAL_METRICS
+Reads PARAMS_FILE (multitask/params.yaml) `multitask` and `evaluate` (max_examples is per
+task) and ADAPTERS_DIR/TASK for each task; writes EVAL_METRICS:
   {"tasks": {TASK: {"base": {...}, "tuned": {...}, "delta": {...}, "examples": N}}}
 """
 
-from tunelab import evaluation, io, models, multitask, params, stage
+from pathlib import Path
 
-BASE_DIR = "models/base"
-TEST_FILE = "multitask/data/prepared/test.jsonl"
-EVAL_FILE = "multitask/metrics/eval.json"
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.data import multitask
+from tunelab.errors import DataError
+from tunelab.eval import evaluation
+from tunelab.models import loading
+from tunelab.util import files
 
 
-def main() -> int:
-    tasks = multitask.load_params(multitask.PARAMS_FILE).tasks
-    p = params.load("evaluate", multitask.PARAMS_FILE)
-    test_examples = io.read_jsonl(TEST_FILE)
-    base_model, tokenizer = models.load_trained(BASE_DIR)
+def main(params_file: str, base_dir: str, adapters_dir: str, test_file: str,
+         eval_metrics: str) -> int:
+    tasks = multitask.load_params(params_file).tasks
+    p = params.load("evaluate", params_file)
+    test_examples = files.read_jsonl(test_file)
+    base_model, tokenizer = loading.load_trained(base_dir)
     results = {}
     for task in tasks:
         examples = multitask.select(test_examples, task)[:p.max_examples or None]
         if not examples:
-            raise io.DataError(f"{TEST_FILE}: no test examples of task {task!r}")
+            raise DataError(f"{test_file}: no test examples of task {task!r}")
         base = evaluation.evaluate_model(base_model, tokenizer, examples, p.max_new_tokens,
                                          p.batch_size, desc=f"{task}: base")
-        tuned_model, _ = models.load_trained(BASE_DIR, multitask.adapter_dir(task))
+        tuned_model, _ = loading.load_trained(base_dir, Path(adapters_dir) / task)
         tuned = evaluation.evaluate_model(tuned_model, tokenizer, examples, p.max_new_tokens,
                                           p.batch_size, desc=f"{task}: tuned")
         del tuned_model
@@ -32,9 +39,9 @@ def main() -> int:
         for key in ("task_accuracy", "exact_match", "loss"):
             print(f"evaluate_tasks: {task}: {key}: base {base.metrics[key]:.4f} -> tuned "
                   f"{tuned.metrics[key]:.4f}")
-    io.write_json_atomic(EVAL_FILE, {"tasks": results})
+    files.write_json_atomic(eval_metrics, {"tasks": results})
     return 0
 
 
 if __name__ == "__main__":
-    stage.run(main, "evaluate_tasks")
+    pipeline.run(main, "evaluate_tasks")

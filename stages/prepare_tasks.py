@@ -1,42 +1,42 @@
 """Stage (multitask/dvc.yaml): read the multi-task data, normalise, deduplicate, split.
 
-Reads multitask/params.yaml `multitask` and `prepare`; writes
-multitask/data/prepared/{train,val,test}.jsonl (every example keeps its `task`)
-and multitask/metrics/data.json (examples per task and split). Fails when a
-task listed in multitask.tasks has no train or no test examples.
+Usage (dvc.yaml): python stages/prepare_tasks.py PARAMS_FILE RAW_DIR PREPARED_DIR DATA_METRICS
+Reads PARAMS_FILE (multitask/params.yaml) `multitask` and `prepare`; writes
+PREPARED_DIR/{train,val,test}.jsonl (every example keeps its `task`) and DATA_METRICS
+(examples per task and split). Fails when a task listed in multitask.tasks has no train
+or no test examples.
 """
 
 import sys
 
-from tunelab import data, io, multitask, params, stage
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.data import multitask, prepare
+from tunelab.errors import DataError
+from tunelab.util import files
 
-PARAMS = multitask.PARAMS_FILE
-PREPARED_DIR = "multitask/data/prepared"
-DATA_METRICS = "multitask/metrics/data.json"
 
-
-def main() -> int:
-    tasks = multitask.load_params(PARAMS).tasks
-    p = params.load("prepare", PARAMS)
-    params.check_split(p, PARAMS)
-    loaded = data.load_files(data.raw_files(p.raw_dir), p.format, p.system_prompt)
+def main(params_file: str, raw_dir: str, prepared_dir: str, data_metrics: str) -> int:
+    tasks = multitask.load_params(params_file).tasks
+    p = params.load("prepare", params_file)
+    loaded = prepare.load_files(prepare.raw_files(raw_dir), p.format, p.system_prompt)
     if loaded.errors:
         for message in loaded.errors[:20]:
             print(message, file=sys.stderr)
-        raise io.DataError(f"{len(loaded.errors)} bad records in {p.raw_dir}; nothing was written")
-    unique, duplicates = data.deduplicate(loaded.examples)
-    splits = data.split(unique, p.val_ratio, p.test_ratio, p.seed)
-    multitask.check_tasks(splits, tasks, p.raw_dir)
+        raise DataError(f"{len(loaded.errors)} bad records in {raw_dir}; nothing was written")
+    unique, duplicates = prepare.deduplicate(loaded.examples)
+    splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed)
+    multitask.check_tasks(splits, tasks, raw_dir)
 
-    with io.atomic_path(PREPARED_DIR) as staging:
+    with files.atomic_path(prepared_dir) as staging:
         staging.mkdir()
         for name, examples in splits.items():
-            io.write_jsonl_atomic(staging / f"{name}.jsonl", examples)
+            files.write_jsonl_atomic(staging / f"{name}.jsonl", examples)
     counts = multitask.count_by_task(splits)
-    io.write_json_atomic(DATA_METRICS, {"examples_read": len(loaded.examples),
-                                        "duplicates_dropped": duplicates,
-                                        "splits": {n: len(e) for n, e in splits.items()},
-                                        "tasks": counts})
+    files.write_json_atomic(data_metrics, {"examples_read": len(loaded.examples),
+                                           "duplicates_dropped": duplicates,
+                                           "splits": {n: len(e) for n, e in splits.items()},
+                                           "tasks": counts})
     unused = sorted(t or "(no task)" for t in counts if t not in tasks)
     print(f"prepare_tasks: {len(unique)} examples, per task {counts}"
           + (f"; not trained (not in multitask.tasks): {', '.join(unused)}" if unused else ""))
@@ -44,4 +44,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    stage.run(main, "prepare_tasks")
+    pipeline.run(main, "prepare_tasks")

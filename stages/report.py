@@ -1,53 +1,53 @@
-"""Stage: write reports/report.html and print the base-vs-tuned table.
+"""Stage: write the HTML report and print the base-vs-tuned table.
 
-Reads metrics/eval.json (required), metrics/samples.jsonl, metrics/data.json,
-metrics/validation.json and reports/plots/*.png (each optional: the report
-says what is missing), plus the params sections it shows.
+Usage (dvc.yaml): python stages/report.py EVAL_METRICS SAMPLES DATA_STATS VALIDATION
+                  PLOTS_DIR REPORT
+Reads EVAL_METRICS (required), SAMPLES, DATA_STATS, VALIDATION and PLOTS_DIR/*.png (each
+optional: the report says what is missing), plus the params sections it shows; writes
+REPORT, one self-contained HTML file.
 """
 
-import dataclasses
 from pathlib import Path
 
 from rich.console import Console
 
-from tunelab import io, params, reporting, stage
-
-EVAL_METRICS = Path("metrics/eval.json")
-SAMPLES = Path("metrics/samples.jsonl")
-DATA_STATS = Path("metrics/data.json")
-VALIDATION = Path("metrics/validation.json")
-PLOTS_DIR = Path("reports/plots")
-REPORT = Path("reports/report.html")
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.errors import DataError
+from tunelab.report import html_page
+from tunelab.util import files
 
 
-def main() -> int:
+def main(eval_metrics: str, samples: str, data_stats: str, validation: str,
+         plots_dir: str, report: str) -> int:
     report_params = params.load("report")
-    # Validated sections, defaults filled in: the report shows what the run used.
-    shown_params = {section: dataclasses.asdict(params.load(section))
-                    for section in reporting.REPORTED_PARAM_SECTIONS}
-    if not EVAL_METRICS.exists():
-        raise io.DataError(f"{EVAL_METRICS} not found; run the evaluate stage first")
+    # Validated sections, defaults filled in: the report shows what the run used (less the
+    # knobs that change no result, which dvc.yaml does not declare for this stage either).
+    shown_params = {section: params.result_settings(params.load(section), section)
+                    for section in html_page.REPORTED_PARAM_SECTIONS}
+    if not Path(eval_metrics).exists():
+        raise DataError(f"{eval_metrics} not found; run the evaluate stage first")
 
-    eval_metrics = io.read_json(EVAL_METRICS)
-    html = reporting.build_report(
-        eval_metrics=eval_metrics,
+    metrics = files.read_json(eval_metrics)
+    html = html_page.build_report(
+        eval_metrics=metrics,
         params=shown_params,
-        samples=io.read_jsonl(SAMPLES) if SAMPLES.exists() else [],
-        data_stats=_read_optional_json(DATA_STATS),
-        validation=_read_optional_json(VALIDATION),
-        plot_paths=sorted(PLOTS_DIR.glob("*.png")),
+        samples=files.read_jsonl(samples) if Path(samples).exists() else [],
+        data_stats=_read_optional_json(data_stats),
+        validation=_read_optional_json(validation),
+        plot_paths=sorted(Path(plots_dir).glob("*.png")),
         max_samples=report_params.max_samples,
     )
-    io.write_text_atomic(REPORT, html)
+    files.write_text_atomic(report, html)
 
-    Console().print(reporting.summary_table(eval_metrics))
-    print(f"report: wrote {REPORT}")
+    Console().print(html_page.summary_table(metrics))
+    print(f"report: wrote {report}")
     return 0
 
 
-def _read_optional_json(path: Path):
-    return io.read_json(path) if path.exists() else None
+def _read_optional_json(path: str):
+    return files.read_json(path) if Path(path).exists() else None
 
 
 if __name__ == "__main__":
-    stage.run(main, "report")
+    pipeline.run(main, "report")

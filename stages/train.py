@@ -1,41 +1,45 @@
 """Stage: fine-tune on the prepared train split (train.method: lora | qlora | full).
 
-Reads params `train`; writes models/adapter/ (the adapter, or a whole model for
-method=full, with tokenizer, tunelab_train.json and a README.md model card) and
-metrics/train/ (DVCLive curves, summary.json, training.log) and metrics/env.json
-(versions, CPU/GPU, threads). A killed run resumes from models/checkpoints/.
+Usage (dvc.yaml): python stages/train.py BASE_DIR TRAIN_FILE VAL_FILE ADAPTER_DIR
+                  CHECKPOINT_DIR LIVE_DIR ENV_INFO
+Reads params `train`; writes ADAPTER_DIR (the adapter, or a whole model for method=full,
+with tokenizer, tunelab_train.json and a README.md model card), LIVE_DIR (DVCLive curves,
+summary.json, training.log) and ENV_INFO (versions, CPU/GPU, threads). A killed run
+resumes from CHECKPOINT_DIR, which DVC keeps between runs (persist).
 """
 
 import tempfile
 from pathlib import Path
 
-from tunelab import checkpoints, envinfo, io, params, stage, training
-
-BASE_DIR = "models/base"
-ADAPTER_DIR = "models/adapter"
-LIVE_DIR = "metrics/train"
-CHECKPOINT_DIR = "models/checkpoints"  # kept by DVC between runs (persist): a rerun resumes
-ENV_INFO = "metrics/env.json"
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.train import checkpoints
+from tunelab.util import files, machine
 
 
-def main() -> int:
+def main(base_dir: str, train_file: str, val_file: str, adapter_dir: str,
+         checkpoint_dir: str, live_dir: str, env_info: str) -> int:
     p = params.load("train")
+    # Imported once params.yaml has passed: a typo fails in a second, before torch,
+    # transformers and bitsandbytes load (and print their own warnings).
+    from tunelab.train import training
+
     if not training.is_main_process():
         # A rank > 0 of `accelerate launch` (make train-multi): it trains in step with rank 0,
         # which alone writes the outputs; nothing is expected in this scratch folder.
         with tempfile.TemporaryDirectory(prefix="tunelab-rank-") as scratch:
-            training.train(p, BASE_DIR, "data/prepared/train.jsonl", "data/prepared/val.jsonl",
-                           Path(scratch, "adapter"), Path(scratch, "live"), CHECKPOINT_DIR)
+            training.train(p, base_dir, train_file, val_file, Path(scratch, "adapter"),
+                           Path(scratch, "live"), checkpoint_dir)
         return 0
-    with io.atomic_path(ADAPTER_DIR) as staging:
-        summary = training.train(p, BASE_DIR, "data/prepared/train.jsonl",
-                                 "data/prepared/val.jsonl", staging, LIVE_DIR, CHECKPOINT_DIR)
-    checkpoints.clean(CHECKPOINT_DIR, p.keep_checkpoints)  # the adapter is in place now
-    io.write_json_atomic(Path(LIVE_DIR) / "summary.json", summary)
-    io.write_json_atomic(ENV_INFO, envinfo.collect(summary["precision"]))
+    with files.atomic_path(adapter_dir) as staging:
+        summary = training.train(p, base_dir, train_file, val_file, staging, live_dir,
+                                 checkpoint_dir)
+    checkpoints.clean(checkpoint_dir, p.keep_checkpoints)  # the adapter is in place now
+    files.write_json_atomic(Path(live_dir) / "summary.json", summary)
+    files.write_json_atomic(env_info, machine.collect(summary["precision"]))
     print("train: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return 0
 
 
 if __name__ == "__main__":
-    stage.run(main, "train")
+    pipeline.run(main, "train")

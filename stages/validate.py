@@ -1,28 +1,30 @@
 """Stage: check the prepared data against the tokenizer before any training.
 
-Reads params `validate` and `train.max_length`; writes metrics/validation.json
-and metrics/preview.txt (one training example, loss-carrying tokens in [[ ]]).
-Errors name the raw file:line and fail the stage; warnings do not (unless
-validate.fail_on_warning).
+Usage (dvc.yaml): python stages/validate.py PREPARED_DIR BASE_DIR VALIDATION_METRICS PREVIEW
+Reads params `validate` and `train.max_length`; writes VALIDATION_METRICS and PREVIEW
+(one training example, loss-carrying tokens in [[ ]]). Errors name the raw file:line
+and fail the stage; warnings do not (unless validate.fail_on_warning).
 """
 
 import sys
+from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from tunelab import io, params, stage, validation
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.data import validation
+from tunelab.errors import DataError
+from tunelab.util import files
 
-BASE_DIR = "models/base"
 SPLITS = ("train", "val", "test")
-VALIDATION_METRICS = "metrics/validation.json"
-PREVIEW = "metrics/preview.txt"
 
 
-def main() -> int:
+def main(prepared_dir: str, base_dir: str, validation_metrics: str, preview: str) -> int:
     p = params.load("validate")
     max_length = params.load("train").max_length
-    tokenizer = AutoTokenizer.from_pretrained(BASE_DIR)
-    examples = [e for name in SPLITS for e in io.read_jsonl(f"data/prepared/{name}.jsonl")]
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    examples = [e for name in SPLITS for e in files.read_jsonl(Path(prepared_dir, f"{name}.jsonl"))]
     result = validation.check_examples(examples, tokenizer, max_length, p.max_truncated_ratio)
 
     for warning in result.warnings:
@@ -33,14 +35,14 @@ def main() -> int:
     if failed:
         reason = (f"{len(result.errors)} errors" if result.errors
                   else "warnings with validate.fail_on_warning=true")
-        raise io.DataError(f"{reason} in the prepared data; fix the raw files and rerun")
-    io.write_json_atomic(VALIDATION_METRICS, result.summary())
-    io.write_text_atomic(PREVIEW, "Tokens inside [[ ]] carry the training loss.\n\n"
-                         + result.preview + "\n")
+        raise DataError(f"{reason} in the prepared data; fix the raw files and rerun")
+    files.write_json_atomic(validation_metrics, result.summary())
+    files.write_text_atomic(preview, "Tokens inside [[ ]] carry the training loss.\n\n"
+                            + result.preview + "\n")
     print(f"validate: {result.checked} examples OK, {result.truncated} truncated at "
           f"max_length={max_length}")
     return 0
 
 
 if __name__ == "__main__":
-    stage.run(main, "validate")
+    pipeline.run(main, "validate")

@@ -110,3 +110,16 @@ def make_tiny_adapter(tiny_base_dir, tmp_path_factory):
         return folder
 
     return make
+
+
+def stage_args(name: str, workdir: Path, dvc_file: str = "dvc.yaml", item: dict | None = None
+               ) -> list[str]:
+    """The paths dvc.yaml's cmd hands stage ``name`` (``${...}`` filled from ``workdir``'s
+    params file, else the repo's): tests run a stage exactly as DVC would."""
+    from tunelab.experiments.stage_commands import stage_argv
+
+    repo = Path(__file__).resolve().parents[1]
+    params_file = workdir / Path(dvc_file).parent / "params.yaml"
+    if not params_file.is_file():
+        params_file = repo / Path(dvc_file).parent / "params.yaml"
+    return stage_argv(name, repo / dvc_file, params_file, item)[2:]

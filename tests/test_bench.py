@@ -2,10 +2,17 @@
 without padding, and the derived numbers hang together."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from tunelab import bench, cli, encoding, io, training
+from tunelab.bench import training_speed
+from tunelab.cli import app as cli
+from tunelab.data import encoding
+from tunelab.train import training
+from tunelab.util import files
 
 from test_training import color_examples  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -29,8 +36,8 @@ def bench_run(tiny_base_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("bench")
     examples = examples_of_different_lengths()
     assert len(examples) == BATCH_SIZE
-    io.write_jsonl_atomic(work / "train.jsonl", examples)
-    result = bench.run_bench(tiny_base_dir, work / "train.jsonl", work / "bench.json",
+    files.write_jsonl_atomic(work / "train.jsonl", examples)
+    result = training_speed.run_bench(tiny_base_dir, work / "train.jsonl", work / "bench.json",
                              methods=("lora", "lora_packed", "full", "baseline"), steps=STEPS, warmup=WARMUP,
                              batch_size=BATCH_SIZE, max_length=MAX_LENGTH, matmul_size=256)
     return work, examples, result
@@ -38,7 +45,7 @@ def bench_run(tiny_base_dir, tmp_path_factory):
 
 def test_every_contender_reports_its_measurements(bench_run):
     work, _, result = bench_run
-    assert io.read_json(work / "bench.json") == json.loads(json.dumps(result))
+    assert files.read_json(work / "bench.json") == json.loads(json.dumps(result))
     assert set(result["contenders"]) == {"lora", "lora_packed", "full", "baseline"}
     assert result["machine"]["cpu_cores"] >= 1 and result["machine"]["torch_threads"] >= 1
     tunelab_precision = training.resolve_precision("auto")  # fp32 on a CPU without bf16
@@ -96,3 +103,22 @@ def test_cli_rejects_an_unknown_method(tmp_path, capsys, monkeypatch):
     code = cli.main(["bench", "--methods", "lora,dora"])
     _, err = capsys.readouterr()
     assert code == 2 and "dora" in err and err.count("\n") == 1
+
+
+def test_machine_info_lives_in_util_and_pulls_in_no_benchmark():
+    # The train stage records metrics/env.json through tunelab.util.machine: importing it
+    # must not import the benchmark (or torch, which collect imports only when called).
+    probe = ("import sys, tunelab.util.machine; "
+             "print(sorted(m for m in sys.modules if m.startswith('tunelab')), 'torch' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "['tunelab', 'tunelab.util', 'tunelab.util.machine'] False"
+    assert not hasattr(training_speed, "machine_info") and not hasattr(training_speed, "cpu_model")
+
+
+def test_bench_machine_block_has_the_keys_bench_json_always_had(bench_run):
+    _, _, result = bench_run
+    assert set(result["machine"]) == {"cpu", "cpu_cores", "torch_threads", "cpu_native_bf16",
+                                      "cuda_device", "load_average_1min", "versions"}
+    assert result["machine"]["cpu_native_bf16"] == training.cpu_supports_bf16()
+    assert set(result["machine"]["versions"]) == {"torch", "transformers", "trl", "peft"}
+    assert result["machine"]["versions"]["torch"] == torch.__version__

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import cli
+from tunelab.cli import app as cli
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 TUNELAB = Path(sys.executable).parent / "tunelab"   # the installed console script

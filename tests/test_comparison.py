@@ -5,8 +5,9 @@ import subprocess
 
 import pytest
 
-from tunelab import cli, comparison
-from tunelab.io import DataError
+from tunelab.cli import app as cli
+from tunelab.errors import DataError
+from tunelab.experiments import compare_runs
 
 REFERENCE = json.dumps({"category": "billing", "priority": "low"})
 WRONG = json.dumps({"category": "technical", "priority": "high"})
@@ -32,7 +33,7 @@ def by_metric(differences):
 def test_gap_is_the_mean_per_example_difference_with_a_bootstrap_interval():
     run_a = samples([REFERENCE] * 20)
     run_b = samples([REFERENCE] * 10 + [WRONG] * 10)
-    rows = by_metric(comparison.compare(run_a, run_b))
+    rows = by_metric(compare_runs.compare(run_a, run_b))
     accuracy = rows["task_accuracy"]
     assert (accuracy.mean_a, accuracy.mean_b, accuracy.diff) == (1.0, 0.5, -0.5)
     # Gaps are 0 or -1, half each: standard error 0.5 / sqrt(20) = 0.112, so the 95%
@@ -43,23 +44,23 @@ def test_gap_is_the_mean_per_example_difference_with_a_bootstrap_interval():
     assert accuracy.verdict() == "B lower"
     assert rows["json_valid"].diff == 0 and rows["json_valid"].verdict() == "no clear difference"
     # Half-right answers count half on task accuracy and nothing on exact match.
-    halves = by_metric(comparison.compare(run_a, samples([HALF] * 20)))
+    halves = by_metric(compare_runs.compare(run_a, samples([HALF] * 20)))
     assert halves["task_accuracy"].diff == -0.5 and halves["exact_match"].diff == -1.0
 
 
 def test_the_same_seed_gives_the_same_interval():
     run_a, run_b = samples([REFERENCE, WRONG, HALF] * 6), samples([WRONG, REFERENCE, REFERENCE] * 6)
-    first, second = comparison.compare(run_a, run_b), comparison.compare(run_a, run_b)
+    first, second = compare_runs.compare(run_a, run_b), compare_runs.compare(run_a, run_b)
     assert [(r.low, r.high) for r in first] == [(r.low, r.high) for r in second]
 
 
 def test_margin_verdicts():
-    row = comparison.Difference("task_accuracy", 0.70, 0.68, low=-0.04, high=0.01)
+    row = compare_runs.Difference("task_accuracy", 0.70, 0.68, low=-0.04, high=0.01)
     assert row.verdict(0.05) == "within ±0.05"
     assert row.verdict() == "no clear difference"
-    assert comparison.Difference("m", 0.7, 0.55, -0.2, -0.1).verdict(0.05) == \
+    assert compare_runs.Difference("m", 0.7, 0.55, -0.2, -0.1).verdict(0.05) == \
         "differs by more than 0.05"
-    assert comparison.Difference("m", 0.7, 0.64, -0.11, -0.01).verdict(0.05) == \
+    assert compare_runs.Difference("m", 0.7, 0.64, -0.11, -0.01).verdict(0.05) == \
         "undecided at ±0.05: more examples needed"
 
 
@@ -68,14 +69,14 @@ def test_unknown_metric_is_named_with_the_choices():
     with pytest.raises(DataError, match=r"--metrics: field_prio is not scored for these samples "
                        r"\(choose from exact_match, field_category, field_priority, json_valid, "
                        r"task_accuracy\)"):
-        comparison.compare(run_a, run_a, metrics=["task_accuracy", "field_prio"])
-    assert by_metric(comparison.compare(run_a, samples([HALF] * 3), ["field_priority"])) \
+        compare_runs.compare(run_a, run_a, metrics=["task_accuracy", "field_prio"])
+    assert by_metric(compare_runs.compare(run_a, samples([HALF] * 3), ["field_priority"])) \
         ["field_priority"].diff == -1.0
 
 
 def test_runs_on_different_examples_cannot_be_paired():
     with pytest.raises(DataError, match=r"different examples \(1 only in A, 0 only in B\)"):
-        comparison.compare(samples([REFERENCE] * 3), samples([REFERENCE] * 2))
+        compare_runs.compare(samples([REFERENCE] * 3), samples([REFERENCE] * 2))
 
 
 def test_bad_samples_line_names_file_and_line(tmp_path, capsys):
@@ -88,7 +89,7 @@ def test_bad_samples_line_names_file_and_line(tmp_path, capsys):
     assert len(error.splitlines()) == 1
     write(bad, [{"prompt": "p", "reference": REFERENCE}])
     with pytest.raises(DataError, match=r"b.jsonl:1: no text for tuned"):
-        comparison.load_samples(str(bad))
+        compare_runs.load_samples(str(bad))
 
 
 def git(repo, *args):
@@ -102,11 +103,11 @@ def test_revisions_and_experiment_names(tmp_path, monkeypatch, capsys):
     git(repo, "init", "-q")
     git(repo, "config", "user.email", "t@example.com")
     git(repo, "config", "user.name", "t")
-    write(repo / comparison.SAMPLES_FILE, samples([REFERENCE] * 20))
+    write(repo / compare_runs.SAMPLES_FILE, samples([REFERENCE] * 20))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "lora")
     head = git(repo, "rev-parse", "HEAD")
-    write(repo / comparison.SAMPLES_FILE, samples([REFERENCE] * 10 + [WRONG] * 10))
+    write(repo / compare_runs.SAMPLES_FILE, samples([REFERENCE] * 10 + [WRONG] * 10))
     git(repo, "commit", "-qam", "qlora")
     experiment = git(repo, "rev-parse", "HEAD")
     git(repo, "reset", "-q", "--hard", head)
@@ -114,7 +115,7 @@ def test_revisions_and_experiment_names(tmp_path, monkeypatch, capsys):
     git(repo, "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/qlora", experiment)
     monkeypatch.chdir(repo)
 
-    assert comparison.resolve_revision("qlora") == experiment
+    assert compare_runs.resolve_revision("qlora") == experiment
     assert cli.main(["compare-runs", "HEAD", "qlora", "--margin", "0.05"]) == 1
     out = capsys.readouterr().out
     assert "20 paired test examples" in out and "differs by more than 0.05" in out
@@ -128,4 +129,4 @@ def test_revisions_and_experiment_names(tmp_path, monkeypatch, capsys):
     git(repo, "update-ref", f"refs/exps/{other[:2]}/{other[2:]}/twice", experiment)
     git(repo, "update-ref", f"refs/exps/{other[:2]}/{other[2:-1]}0/twice", head)
     with pytest.raises(DataError, match="twice: 2 DVC experiments have this name"):
-        comparison.resolve_revision("twice")
+        compare_runs.resolve_revision("twice")

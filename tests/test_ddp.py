@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import io, training
-from tunelab.params import LoraParams, TrainParams
+from tunelab.config.params import LoraParams, TrainParams
+from tunelab.train import training
+from tunelab.util import files
+from conftest import stage_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
@@ -63,8 +65,8 @@ def ddp_run(tiny_base_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
     (work / "models").mkdir()
     (work / "models" / "base").symlink_to(tiny_base_dir)
-    io.write_jsonl_atomic(work / "data/prepared/train.jsonl", examples())
-    io.write_jsonl_atomic(work / "data/prepared/val.jsonl", examples()[:4])
+    files.write_jsonl_atomic(work / "data/prepared/train.jsonl", examples())
+    files.write_jsonl_atomic(work / "data/prepared/val.jsonl", examples()[:4])
     params = {"train": {**TRAIN, "batch_size": PER_PROCESS_BATCH}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, OMP_NUM_THREADS="1",  # one core per process: no oversubscription
@@ -73,7 +75,7 @@ def ddp_run(tiny_base_dir, tmp_path_factory):
     result = subprocess.run(
         ["accelerate", "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
          "--num_processes", "2", "--main_process_port", str(free_port()),
-         str(REPO / "stages" / "train.py")],
+         str(REPO / "stages" / "train.py"), *stage_args("train", work)],
         cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return work, result
@@ -122,7 +124,7 @@ def test_only_rank_zero_writes_the_outputs(ddp_run):
              (work / "metrics/train/training.log").read_text().splitlines()
              if "loss=" in line and "train_loss" not in line and "eval_loss" not in line]
     assert steps == [f"{s}/{STEPS}" for s in range(1, STEPS + 1)]
-    # No staging folder of another rank (io.atomic_path's hidden .adapter.*) was left behind.
+    # No staging folder of another rank (files.atomic_path's hidden .adapter.*) was left behind.
     assert not [p.name for p in (work / "models").iterdir() if p.name.startswith(".")]
 
 
@@ -174,9 +176,9 @@ def test_fsdp2_config_builds_the_fsdp_plugin(monkeypatch):
 def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(monkeypatch):
     import torch
 
-    from tunelab import models
-    from tunelab.params import QuantizationParams
+    from tunelab.config.params import QuantizationParams
+    from tunelab.models import loading
 
-    assert models.bnb_config(QuantizationParams(), "bf16").bnb_4bit_quant_storage == torch.uint8
+    assert loading.bnb_config(QuantizationParams(), "bf16").bnb_4bit_quant_storage == torch.uint8
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert models.bnb_config(QuantizationParams(), "bf16").bnb_4bit_quant_storage == torch.bfloat16
+    assert loading.bnb_config(QuantizationParams(), "bf16").bnb_4bit_quant_storage == torch.bfloat16

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tunelab import encoding
-from tunelab.encoding import IGNORE_INDEX
+from tunelab.data import encoding
+from tunelab.data.encoding import IGNORE_INDEX
 
 QUESTION = {"messages": [{"role": "user", "content": "What is 2+2?"},
                          {"role": "assistant", "content": "4"}]}

@@ -4,7 +4,12 @@ import copy
 import dataclasses
 
 import pytest
-from tunelab import cli, ensemble, inference
+import torch
+
+from tunelab.adapters import ensemble
+from tunelab.cli import app as cli
+from tunelab.data import encoding
+from tunelab.eval import inference
 
 PROMPT = "Name a colour."
 TOKENS = 6
@@ -31,6 +36,28 @@ def weighted(loaded, order: str, weights: list[float]) -> list:
             for key, w in zip(order, ensemble.check_weights(weights))]
 
 
+def greedy_on_mean_log_probs(members: list, weights: list[float]) -> tuple[str, float]:
+    """By hand, without a KV cache: (the answer greedy decoding on sum_i w_i *
+    log_softmax(logits_i) gives, the smallest top-1 minus top-2 gap over its steps)."""
+    tokenizer = members[0].tokenizer
+    messages = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": ""}]
+    ids = encoding.prompt_ids(tokenizer, {"messages": messages})
+    answer, smallest_gap = [], float("inf")
+    for _ in range(TOKENS):
+        with torch.no_grad():
+            mixed = sum(w * torch.log_softmax(m.model(input_ids=torch.tensor([ids]))
+                                              .logits[0, -1, :len(tokenizer)], dim=-1)
+                        for m, w in zip(members, weights))
+        top = mixed.topk(2).values
+        smallest_gap = min(smallest_gap, float(top[0] - top[1]))
+        token = int(mixed.argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        answer.append(token)
+        ids = ids + [token]
+    return tokenizer.decode(answer, skip_special_tokens=True).strip(), smallest_gap
+
+
 def test_logit_mean_of_a_model_with_itself_is_its_greedy_answer(members, loaded):
     a, _, answers = members
     result = ensemble.aggregate(weighted(loaded, "aa", [0.3, 0.7]), "logit_mean", PROMPT,
@@ -38,18 +65,42 @@ def test_logit_mean_of_a_model_with_itself_is_its_greedy_answer(members, loaded)
     assert result == {"answer": answers[a]}
 
 
-def test_logit_mean_of_two_models_prints_one_answer(members, capsys):
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.9, 0.1], [0.1, 0.9], [0.3, 0.7]])
+def test_logit_mean_is_greedy_on_the_weighted_mean_of_log_probs(loaded, weights):
+    expected, smallest_gap = greedy_on_mean_log_probs([loaded["a"], loaded["b"]], weights)
+    assert smallest_gap > 1e-3  # no near-tie: float summation order cannot flip a token
+    result = ensemble.aggregate(weighted(loaded, "ab", weights), "logit_mean", PROMPT,
+                                max_new_tokens=TOKENS)
+    assert result == {"answer": expected}
+
+
+def test_logit_mean_of_two_models_mixes_them(members, loaded):
+    """Equal weights give an answer neither model gives alone: the mean was really taken."""
+    a, b, answers = members
+    mixed, _ = greedy_on_mean_log_probs([loaded["a"], loaded["b"]], [0.5, 0.5])
+    assert mixed not in (answers[a], answers[b])
+    assert greedy_on_mean_log_probs([loaded["a"], loaded["b"]], [1.0, 0.0])[0] == answers[a]
+    assert greedy_on_mean_log_probs([loaded["a"], loaded["b"]], [0.0, 1.0])[0] == answers[b]
+
+
+def test_logit_mean_of_two_models_prints_one_answer(members, loaded, capsys):
     a, b, _ = members
     code = cli.main(["ensemble", "--models", f"{a},{b}", "--weights", "1,1", "--prompt", PROMPT,
                      "--max-new-tokens", str(TOKENS)])
     assert code == 0
-    assert capsys.readouterr().out.strip() != ""
+    printed = capsys.readouterr().out.strip()
+    assert printed != ""
+    assert printed == greedy_on_mean_log_probs([loaded["a"], loaded["b"]], [0.5, 0.5])[0]
 
 
 @pytest.mark.parametrize("order, weights, winner", [
     ("ab", [0.3, 0.7], "b"),          # the heavier answer wins
     ("aab", [0.3, 0.3, 0.4], "a"),    # identical answers pool their weight: 0.6 > 0.4
     ("ab", [0.5, 0.5], "a"),          # a tie goes to the answer given first
+    ("ab", [0.9, 0.1], "a"),          # the same two models: the weights alone pick the winner
+    ("ab", [0.1, 0.9], "b"),
+    ("ba", [0.9, 0.1], "b"),
+    ("ba", [0.1, 0.9], "a"),
 ])
 def test_weighted_vote(members, loaded, order, weights, winner):
     a, b, answers = members

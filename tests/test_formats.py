@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from tunelab.formats import FORMATS, detect_format, load_examples, normalise, read_records
-from tunelab.io import DataError
+from tunelab.data.formats import detect_format, FORMATS, load_examples, normalise, read_records
+from tunelab.errors import DataError
 
 ALPACA = {"instruction": "Add", "input": "2 and 3", "output": "5"}
 CHAT = {"messages": [{"role": "system", "content": "Be brief."},

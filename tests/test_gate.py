@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import cli, gate, params
-from tunelab.params import MetricTolerance, ParamsError
+from tunelab.cli import app as cli
+from tunelab.config import params
+from tunelab.config.params import MetricTolerance
+from tunelab.errors import ParamsError
+from tunelab.experiments import check
 
 REPO = Path(__file__).resolve().parents[1]
 # What `dvc metrics diff` needs: the DVC repo, the pipeline that declares the metrics, the files.
@@ -115,12 +118,12 @@ def test_unknown_check_metric_and_bad_revision_are_one_line_errors(metrics_repo,
     ("higher", 0.70, 0.68, "ok"),  # exactly at the tolerance still passes
 ])
 def test_judge(direction, old, new, status):
-    assert gate.judge("m", MetricTolerance(direction, 0.02), old, new).status == status
+    assert check.judge("m", MetricTolerance(direction, 0.02), old, new).status == status
 
 
 def test_metric_names_map_to_files():
-    assert gate.locate_metric("tuned.task_accuracy") == ("metrics/eval.json", "tuned.task_accuracy")
-    assert gate.locate_metric("train.eval_loss") == ("metrics/train/summary.json", "eval_loss")
+    assert check.locate_metric("tuned.task_accuracy") == ("metrics/eval.json", "tuned.task_accuracy")
+    assert check.locate_metric("train.eval_loss") == ("metrics/train/summary.json", "eval_loss")
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -7,9 +7,12 @@ import pytest
 import torch
 from trl import SFTTrainer
 
-from tunelab import guards, io, stage, training
-from tunelab.guards import Guard, TrainingError
-from tunelab.params import GuardParams, LoraParams, TrainParams
+from tunelab import pipeline
+from tunelab.config.params import GuardParams, LoraParams, TrainParams
+from tunelab.errors import TrainingError
+from tunelab.train import guards, training
+from tunelab.train.guards import Guard
+from tunelab.util import files
 
 ROWS = [{"messages": [{"role": "user", "content": f"Colour of thing {i}?"},
                       {"role": "assistant", "content": ["red", "blue"][i % 2]}],
@@ -24,7 +27,7 @@ def tiny_params(**changes) -> TrainParams:
 
 @pytest.fixture
 def run_training(tiny_base_dir, tmp_path):
-    io.write_jsonl_atomic(tmp_path / "train.jsonl", ROWS)
+    files.write_jsonl_atomic(tmp_path / "train.jsonl", ROWS)
 
     def run(p):
         return training.train(p, tiny_base_dir, tmp_path / "train.jsonl", None,
@@ -105,7 +108,7 @@ def test_training_error_is_one_line_from_a_stage(tmp_path, monkeypatch, capsys):
         raise TrainingError("loss is nan at step 3: training diverged")
 
     with pytest.raises(SystemExit) as exited:
-        stage.run(main, "train")
+        pipeline.run(main, "train", argv=[])
     assert exited.value.code == 1
     assert capsys.readouterr().err == "train: error: loss is nan at step 3: training diverged\n"
 

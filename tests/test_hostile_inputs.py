@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import cli
+from tunelab.cli import app as cli
+from conftest import stage_args
 
 REPO = Path(__file__).resolve().parents[1]
 TEN_MB = 10 * 1024 * 1024
@@ -107,7 +108,7 @@ def workspace(tmp_path, monkeypatch):
 def run_stage(name: str, capsys) -> tuple[int, str]:
     stage = runpy.run_path(str(REPO / f"stages/{name}.py"), run_name=f"{name}_stage")
     with pytest.raises(SystemExit) as exited:
-        stage["stage"].run(stage["main"], name)
+        stage["pipeline"].run(stage["main"], name, argv=stage_args(name, Path.cwd()))
     return exited.value.code, capsys.readouterr().err
 
 
@@ -247,7 +248,8 @@ def test_train_stage_reports_bad_train_params_before_loading_anything(workspace)
     params = set_key(yaml.safe_load((workspace / "params.yaml").read_text()),
                      "train.learning_rate", 0)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run([sys.executable, str(REPO / "stages/train.py")], cwd=workspace,
+    result = subprocess.run([sys.executable, str(REPO / "stages/train.py"),
+                             *stage_args("train", workspace)], cwd=workspace,
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr == ("train: error: params.yaml: train.learning_rate: must be > 0, "

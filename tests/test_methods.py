@@ -6,8 +6,11 @@ import json
 import pytest
 import torch
 
-from tunelab import evaluation, io, models, training
-from tunelab.params import LoraParams, QuantizationParams, TrainParams
+from tunelab.config.params import LoraParams, QuantizationParams, TrainParams
+from tunelab.eval import evaluation
+from tunelab.models import loading
+from tunelab.train import training
+from tunelab.util import files
 
 from test_training import color_examples  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -18,8 +21,8 @@ QUICK = dict(max_steps=12, batch_size=8, eval_steps=0, logging_steps=1, warmup_r
 @pytest.fixture(scope="module")
 def color_data(tmp_path_factory):
     work = tmp_path_factory.mktemp("colors")
-    io.write_jsonl_atomic(work / "train.jsonl", color_examples(4))
-    io.write_jsonl_atomic(work / "val.jsonl", color_examples(1))
+    files.write_jsonl_atomic(work / "train.jsonl", color_examples(4))
+    files.write_jsonl_atomic(work / "val.jsonl", color_examples(1))
     return work
 
 
@@ -51,7 +54,7 @@ def test_method_trains_and_its_output_generates(name, params, tiny_base_dir, col
     assert info["method"] == params.method
     if params.method == "qlora":
         assert info["quantization"]["bits"] == params.quantization.bits
-    model, tokenizer = models.load_trained(tiny_base_dir, tmp_path / "trained")
+    model, tokenizer = loading.load_trained(tiny_base_dir, tmp_path / "trained")
     result = evaluation.evaluate_model(model, tokenizer, color_examples(1)[:2], max_new_tokens=3,
                                        batch_size=2, desc=name)
     assert len(result.outputs) == 2 and result.metrics["loss"] < losses[0]
@@ -69,7 +72,7 @@ def test_full_fine_tune_trains_every_weight_and_saves_a_whole_model(tiny_base_di
                                                                     tmp_path):
     p = TrainParams(method="full", **{**QUICK, "max_steps": 1})
     summary, _ = train_with(p, tiny_base_dir, color_data, tmp_path)
-    base = models.load_base(tiny_base_dir)
+    base = loading.load_base(tiny_base_dir)
     assert summary["trainable_parameters"] == sum(x.numel() for x in base.parameters())
     assert (tmp_path / "trained/config.json").is_file()
     assert not (tmp_path / "trained/adapter_config.json").exists()
@@ -79,7 +82,7 @@ def test_full_fine_tune_trains_every_weight_and_saves_a_whole_model(tiny_base_di
 def test_qlora_adapter_is_evaluated_on_the_4bit_base(tiny_base_dir, color_data, tmp_path):
     p = TrainParams(method="qlora", **{**QUICK, "max_steps": 1})
     train_with(p, tiny_base_dir, color_data, tmp_path)
-    model, _ = models.load_trained(tiny_base_dir, tmp_path / "trained")
+    model, _ = loading.load_trained(tiny_base_dir, tmp_path / "trained")
     linear_types = {type(m).__name__ for m in model.modules() if "Linear" in type(m).__name__}
     assert "Linear4bit" in linear_types
 
@@ -101,9 +104,15 @@ def test_qlora_without_bitsandbytes_is_a_clear_error(monkeypatch, tiny_base_dir)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
-    with pytest.raises(models.ParamsError, match="qlora needs the bitsandbytes package"):
-        models.bnb_config(QuantizationParams(), "fp32")
-    assert torch  # torch stays importable
+    with pytest.raises(loading.ParamsError, match="qlora needs the bitsandbytes package") as raised:
+        loading.bnb_config(QuantizationParams(), "fp32")
+    assert str(raised.value) == ("params.yaml: train.method: qlora needs the bitsandbytes "
+                                 "package (pip install bitsandbytes), or use method lora")
+    assert builtins.__import__("torch") is torch  # only bitsandbytes was hidden
+    monkeypatch.undo()  # bitsandbytes back: the same call gives the 4-bit config
+    config = loading.bnb_config(QuantizationParams(), "fp32")
+    assert (config.load_in_4bit, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant,
+            config.bnb_4bit_compute_dtype) == (True, "nf4", True, torch.float32)
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tiny_base_dir, color_data, tmp_path):

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import data, multitask, params
+from tunelab.config import params
+from tunelab.data import multitask, prepare
+from conftest import stage_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +26,8 @@ def alpaca(i: int, task: str) -> dict:
 def test_task_field_survives_load_and_split(tmp_path, write_jsonl):
     raw = write_jsonl(tmp_path / "raw.jsonl", [alpaca(i, t) for i in range(30)
                                                for t in ("triage", "sentiment")])
-    loaded = data.load_files([raw])
-    splits = data.split(data.deduplicate(loaded.examples)[0], 0.1, 0.2, seed=1)
+    loaded = prepare.load_files([raw])
+    splits = prepare.split(prepare.deduplicate(loaded.examples)[0], 0.1, 0.2, seed=1)
     assert sum(len(s) for s in splits.values()) == 60
     for examples in splits.values():
         for example in examples:
@@ -66,7 +68,8 @@ def test_repo_multitask_params_load():
 
 
 def run_prepare_tasks(workdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "stages/prepare_tasks.py")], cwd=workdir,
+    return subprocess.run([sys.executable, str(REPO / "stages/prepare_tasks.py"),
+                           *stage_args("prepare_tasks", workdir, "multitask/dvc.yaml")], cwd=workdir,
                           capture_output=True, text=True)
 
 
@@ -134,7 +137,9 @@ def test_matrix_stage_expands_to_one_train_stage_per_listed_task(tmp_path):
 
     stage = yaml.safe_load((tmp_path / "multitask/dvc.yaml").read_text())["stages"]["train_task"]
     assert stage["matrix"] == {"task": "${multitask.tasks}"}  # the list in params.yaml
-    assert stage["cmd"] == "python stages/train_task.py ${item.task}"
+    assert stage["cmd"] == ("python stages/train_task.py ${item.task} multitask/params.yaml "
+                            "models/base multitask/data/prepared models/adapters/${item.task} "
+                            "models/task_checkpoints/${item.task} multitask/metrics/train/${item.task}")
     # cache: false, so `dvc checkout` / `dvc exp apply` of the main pipeline work in a
     # repo where this pipeline was never built.
     assert {"models/adapters/${item.task}": {"cache": False}} in stage["outs"]

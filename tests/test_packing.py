@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from tunelab import encoding
+from tunelab.data import encoding
 
 EXAMPLES = [
     {"messages": [{"role": "user", "content": "Color of sky?"},
@@ -58,10 +58,11 @@ def test_packed_batch_losses_equal_one_by_one(tiny_base_dir, tokenizer, attentio
 
 def test_training_with_packing_fills_rows_and_learns(tiny_base_dir, tokenizer, tmp_path):
     from test_training import color_examples
-    from tunelab import io, training
-    from tunelab.params import LoraParams, TrainParams
+    from tunelab.config.params import LoraParams, TrainParams
+    from tunelab.train import training
+    from tunelab.util import files
 
-    io.write_jsonl_atomic(tmp_path / "train.jsonl", color_examples(4))
+    files.write_jsonl_atomic(tmp_path / "train.jsonl", color_examples(4))
     p = TrainParams(learning_rate=3e-2, max_steps=8, batch_size=1, eval_steps=0, logging_steps=1,
                     warmup_ratio=0.0, precision="fp32", packing=True, max_length=128,
                     lora=LoraParams(r=8, alpha=32, dropout=0.0))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import params
-from tunelab.params import ParamsError, PrepareParams
+from tunelab.config import params
+from tunelab.config.params import PrepareParams
+from tunelab.errors import ParamsError
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 

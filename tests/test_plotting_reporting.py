@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tunelab import plotting, reporting
+from tunelab.report import html_page, plotting
+from conftest import stage_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -118,21 +119,21 @@ def test_base_vs_tuned_bars(tmp_path: Path):
 
 
 def test_metric_status_knows_which_direction_is_better():
-    statuses = {row.name: row.status for row in reporting.metric_rows(EVAL_METRICS)}
+    statuses = {row.name: row.status for row in html_page.metric_rows(EVAL_METRICS)}
     assert statuses["loss"] == "improved"
     assert statuses["perplexity"] == "improved"
     assert statuses["task_accuracy"] == "worse"
     assert statuses["exact_match"] == "same"
     assert statuses["chrf"] == "improved"
-    assert reporting.compare_status("loss", 1.0, 1.0 + 1e-9) == "same"
-    assert reporting.compare_status("loss", 1.0, 1.5) == "worse"
+    assert html_page.compare_status("loss", 1.0, 1.0 + 1e-9) == "same"
+    assert html_page.compare_status("loss", 1.0, 1.5) == "worse"
 
 
 def test_report_is_self_contained_and_escaped(fake_run: Path):
     plot_paths = plotting.plot_training_curves(fake_run / "metrics/train", fake_run / "plots")
     plot_paths.append(plotting.plot_base_vs_tuned(EVAL_METRICS, fake_run / "plots/base_vs_tuned.png"))
     samples = [json.loads(line) for line in (fake_run / "metrics/samples.jsonl").read_text().splitlines()]
-    html = reporting.build_report(
+    html = html_page.build_report(
         eval_metrics=EVAL_METRICS, params={"model": {"base": "tiny"}, "train": {"lora": {"r": 8}}},
         samples=samples, data_stats=json.loads((fake_run / "metrics/data.json").read_text()),
         validation={"errors": 0, "warnings": ["<b>bold</b>"]}, plot_paths=plot_paths, max_samples=2)
@@ -149,14 +150,14 @@ def test_report_is_self_contained_and_escaped(fake_run: Path):
 
 
 def test_report_with_only_eval_metrics_says_what_is_missing():
-    html = reporting.build_report(eval_metrics=EVAL_METRICS)
+    html = html_page.build_report(eval_metrics=EVAL_METRICS)
     assert metric_status(html, "loss") == "improved"
     assert "No plots were found." in html and "No samples were found." in html
     assert "metrics/data.json was not found." in html
 
 
 def test_summary_table_has_the_same_rows():
-    table = reporting.summary_table(EVAL_METRICS)
+    table = html_page.summary_table(EVAL_METRICS)
     assert [c.header for c in table.columns] == ["metric", "initial (base)", "final (tuned)", "change", "status"]
     console = Console(width=120, record=True)
     console.print(table)
@@ -166,7 +167,8 @@ def test_summary_table_has_the_same_rows():
 
 def run_stage(script: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / script)], cwd=cwd, env=env,
+    args = stage_args(Path(script).stem, cwd)
+    return subprocess.run([sys.executable, str(REPO_ROOT / "stages" / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

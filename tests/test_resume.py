@@ -17,7 +17,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tunelab import checkpoints, io
+from tunelab.train import checkpoints
+from tunelab.util import files
+from conftest import stage_args
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4  # 3 batches an epoch: the run crosses an epoch boundary (a new shuffle)
@@ -28,13 +30,14 @@ TIMINGS = {"runtime.tsv", "samples_per_second.tsv", "steps_per_second.tsv"}
 # Runs the real stage script, only slower at each checkpoint so the test can kill it there.
 SLOW_STAGE = """
 import runpy, sys, time
-from tunelab import training
+from tunelab.train import training
 saved = training.CheckpointKeeper.on_save
 def slow_save(self, *args, **kwargs):
     saved(self, *args, **kwargs)
     time.sleep(0.4)
 training.CheckpointKeeper.on_save = slow_save
-runpy.run_path(sys.argv[1], run_name="__main__")
+sys.argv = sys.argv[1:]  # the stage script first, then its paths from dvc.yaml
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -51,15 +54,15 @@ def make_workspace(root: Path, base_dir: Path, train=TRAIN) -> Path:
     root.mkdir(parents=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(base_dir, root / "models/base")
-    io.write_jsonl_atomic(root / "data/prepared/train.jsonl", colour_rows(3))
-    io.write_jsonl_atomic(root / "data/prepared/val.jsonl", colour_rows(1))
+    files.write_jsonl_atomic(root / "data/prepared/train.jsonl", colour_rows(3))
+    files.write_jsonl_atomic(root / "data/prepared/val.jsonl", colour_rows(1))
     return root
 
 
 def run_stage_in_process(workspace: Path, monkeypatch) -> None:
     monkeypatch.chdir(workspace)
     stage = runpy.run_path(str(REPO / "stages/train.py"), run_name="train_stage")
-    assert stage["main"]() == 0
+    assert stage["main"](*stage_args("train", workspace)) == 0
 
 
 def curves(workspace: Path) -> dict[str, list[tuple[int, float]]]:
@@ -90,7 +93,8 @@ def test_killed_run_resumes_to_the_same_adapter_and_curves(uninterrupted, tiny_b
     print(f"random seed {seed}: SIGKILL once checkpoint {kill_at} is complete")
     workspace = make_workspace(tmp_path / "ws", tiny_base_dir)
     marker = workspace / f"models/checkpoints/checkpoint-{kill_at}" / checkpoints.MARKER_FILE
-    process = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(REPO / "stages/train.py")],
+    process = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(REPO / "stages/train.py"),
+                                *stage_args("train", workspace)],
                                cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     while not marker.exists() and process.poll() is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab import scoring
+from tunelab.eval import scoring
 
 JSON_REFERENCES = ['{"name": "Ann", "age": 30}',
                    '{"name": "Bob", "age": 41}',

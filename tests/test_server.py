@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
-from tunelab import server
+from tunelab.serve import server
 
 API_KEY = "test-key-123"
 LIMIT = 32  # the server's max_tokens limit
@@ -40,9 +41,9 @@ def adapter_dirs(tiny_base_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def base_url(tiny_base_dir, adapter_dirs):
-    from tunelab import server_engine
+    from tunelab.serve import engine
 
-    engine = server_engine.load(tiny_base_dir, adapter_dirs)
+    engine = engine.load(tiny_base_dir, adapter_dirs)
     url, stop = server.start_in_thread(
         server.create_app(engine, api_key=API_KEY, max_tokens_limit=LIMIT))
     yield url
@@ -247,22 +248,25 @@ def test_concurrent_clients_get_their_own_models_answers(client):
 
 
 def test_serve_defaults_to_localhost_and_reads_key_from_env(monkeypatch):
+    from tunelab.cli import serve as serve_cli
+
     parser = argparse.ArgumentParser()
-    server.register(parser.add_subparsers(dest="command"))
+    serve_cli.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--adapter", "a=x/y", "--adapter", "b=z"])
     assert (args.host, args.port, args.base_name) == ("127.0.0.1", 8000, "base")
     assert [(name, str(path)) for name, path in args.adapter] == [("a", "x/y"), ("b", "z")]
     monkeypatch.delenv(server.API_KEY_ENV, raising=False)
-    assert server.resolve_api_key(args) is None
+    assert server.resolve_api_key(args.api_key) is None
     monkeypatch.setenv(server.API_KEY_ENV, "from-env")
-    assert server.resolve_api_key(args) == "from-env"
-    assert server.resolve_api_key(parser.parse_args(["serve", "--api-key", "flag"])) == "flag"
+    assert server.resolve_api_key(args.api_key) == "from-env"
+    assert server.resolve_api_key(parser.parse_args(["serve", "--api-key", "flag"]).api_key) \
+        == "flag"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--adapter", "no-equals-sign"])
 
 
 def test_serve_rejects_bad_folders_before_loading(tiny_base_dir, tmp_path, capsys):
-    from tunelab import cli
+    from tunelab.cli import app as cli
 
     assert cli.main(["serve", "--base", str(tmp_path / "missing")]) == 1
     assert "missing: not a model folder" in capsys.readouterr().err
@@ -277,9 +281,93 @@ def test_serve_rejects_bad_folders_before_loading(tiny_base_dir, tmp_path, capsy
 @pytest.mark.parametrize("flag, value", [("--temperature", "-1"), ("--top-p", "0"),
                                          ("--max-new-tokens", "0")])
 def test_generate_rejects_bad_sampling_flags(flag, value, capsys):
-    from tunelab import cli
+    from tunelab.cli import app as cli
 
     with pytest.raises(SystemExit) as caught:
         cli.main(["generate", "--model", "x", "--prompt", "p", flag, value])
     assert caught.value.code == 2
     assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module, extra", [
+    (["serve", "--base", "missing"], "uvicorn", "serve"),
+    (["serve", "--base", "missing"], "fastapi", "serve"),
+    (["bench-serve", "--url", "http://127.0.0.1:1", "--output", "out.json"], "httpx", "bench"),
+    (["bench-serve", "--base", "missing", "--output", "out.json"], "uvicorn", "serve"),
+])
+def test_a_missing_extra_is_one_line(command, module, extra, monkeypatch, capsys):
+    from tunelab.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # what `import` does when it is not installed
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (f"tunelab {command[0]}: error: the {extra} extra is not installed: "
+                            f'pip install "tunelab[{extra}]"\n')
+    assert captured.out == ""
+
+
+def load_test(*flags) -> tuple[int, dict]:
+    """`tunelab bench-serve FLAGS --output FILE`: its exit status and result file."""
+    from tunelab.cli import main
+
+    output = flags[flags.index("--output") + 1]
+    return main(["bench-serve", *flags]), json.loads(open(output).read())
+
+
+def test_bench_serve_checks_every_response_of_a_running_server(base_url, tmp_path, capsys):
+    out = tmp_path / "load.json"
+    status, result = load_test("--url", base_url, "--api-key", API_KEY, "--clients", "2",
+                               "--requests", "10", "--max-tokens", "2", "--output", str(out))
+    assert status == 0
+    # Each client's 10th request is a bad one: turn 9 sends a wrong key, turn 19 max_tokens 10^6.
+    assert result["status_counts"] == {"200": 18, "400": 1, "401": 1}
+    assert (result["total"], result["bad_requests_sent"], result["server_errors_5xx"],
+            result["malformed"], result["unexpected_status"]) == (20, 2, 0, 0, 0)
+    assert result["models"] == ["base", *ADAPTERS]
+    assert result["config"] == {"url": base_url, "base": None, "adapters": []}
+    assert 0 < result["completion_tokens"] <= 18 * 2 and result["failures"] == []
+    stdout = capsys.readouterr().out
+    assert stdout.endswith(f"\nwrote {out}\n")
+    printed = json.loads(stdout[:-len(f"wrote {out}\n")])
+    assert printed == {k: v for k, v in result.items() if k != "failures"}
+
+
+def test_bench_serve_exits_1_on_unexpected_answers(base_url, tmp_path):
+    # max_tokens over the server's limit: every good request gets a 400 instead of its 200.
+    status, result = load_test("--url", base_url, "--api-key", API_KEY, "--clients", "1",
+                               "--requests", "10", "--max-tokens", str(LIMIT + 1),
+                               "--output", str(tmp_path / "load.json"))
+    assert status == 1
+    assert result["status_counts"] == {"400": 9, "401": 1}
+    assert (result["unexpected_status"], result["malformed"], len(result["failures"])) == (9, 0, 9)
+
+
+def test_bench_serve_starts_its_own_server(tiny_base_dir, adapter_dirs, tmp_path):
+    spec = f"alpha={adapter_dirs['alpha']}"
+    status, result = load_test("--base", str(tiny_base_dir), "--adapter", spec, "--clients", "1",
+                               "--requests", "10", "--max-tokens", "2",
+                               "--output", str(tmp_path / "load.json"))
+    assert status == 0
+    assert result["models"] == ["base", "alpha"]
+    assert result["config"]["base"] == str(tiny_base_dir)
+    assert result["config"]["adapters"] == [spec]
+    assert result["status_counts"] == {"200": 9, "401": 1}  # turn 9: a wrong key
+
+
+def test_bench_serve_rejects_bad_flags_in_one_line(base_url, tmp_path, capsys):
+    from tunelab.cli import main
+
+    out = str(tmp_path / "load.json")
+    for flags in (["--output", out], ["--url", base_url, "--base", "x", "--output", out]):
+        assert main(["bench-serve", *flags]) == 2
+        assert capsys.readouterr().err == \
+            "tunelab bench-serve: error: give exactly one of --url and --base\n"
+    assert main(["bench-serve", "--url", base_url, "--api-key", "wrong", "--output", out]) == 1
+    assert capsys.readouterr().err == (f"tunelab bench-serve: error: {base_url}/v1/models "
+                                       "answered 401: Incorrect or missing API key: send it "
+                                       "as 'Authorization: Bearer KEY'\n")
+    with pytest.raises(SystemExit) as caught:
+        main(["bench-serve", "--url", base_url, "--adapter", "no-equals-sign", "--output", out])
+    assert caught.value.code == 2
+    assert "argument --adapter: expected NAME=DIR" in capsys.readouterr().err
+

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import stage_args
+
 REPO = Path(__file__).resolve().parents[1]
 GOOD = ('{"instruction": "Say hi", "output": "hi"}\n'
         '{"instruction": "Say bye", "output": "bye"}\n')
@@ -21,7 +23,8 @@ def workspace(tmp_path):
 
 
 def run_stage(name, cwd):
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py")], cwd=cwd,
+    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"),
+                           *stage_args(name, cwd)], cwd=cwd,
                           capture_output=True, text=True)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import cli, sweep, sweep_report
-from tunelab.sweep import SweepError
+from tunelab.cli import app as cli
+from tunelab.config.sweep_file import SweepError
+from tunelab.experiments import sweep_report, sweep_space
 
 from test_pipeline_e2e import run  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -30,7 +31,7 @@ def write(tmp_path, text: str, name: str = "s.yaml") -> Path:
 
 def load(tmp_path, text: str, **kwargs):
     # Metric names are checked against ./metrics; tmp_path has none, so only the shape is.
-    return sweep.load_sweep(write(tmp_path, text), root=tmp_path, **kwargs)
+    return sweep_space.load_sweep(write(tmp_path, text), root=tmp_path, **kwargs)
 
 
 def error(tmp_path, text: str, **kwargs) -> str:
@@ -50,7 +51,7 @@ def test_grid_is_every_combination_in_file_order(tmp_path):
     spec = load(tmp_path, BASE + "search_space:\n  train.learning_rate: [1.0e-4, 1.0e-3]\n"
                                  "  train.lora.r: [8, 16, 32]\n")
     assert spec.strategy == "grid" and spec.total_trials == 6 and spec.name == "s"
-    assert sweep.expand(spec) == [
+    assert sweep_space.expand(spec) == [
         {"train.learning_rate": lr, "train.lora.r": r} for lr in (1e-4, 1e-3) for r in (8, 16, 32)]
 
 
@@ -70,8 +71,8 @@ def test_random_is_seeded_inside_the_ranges_and_without_repeats(tmp_path):
             "  train.learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}\n"
             "  train.lora.r: [8, 16, 32]\n  train.lora.alpha: {low: 8, high: 64}\n"
             "  train.warmup_ratio: {low: 0.0, high: 0.1, num: 3}\n")
-    trials = sweep.expand(load(tmp_path, text))
-    assert trials == sweep.expand(load(tmp_path, text))  # same seed, same trials
+    trials = sweep_space.expand(load(tmp_path, text))
+    assert trials == sweep_space.expand(load(tmp_path, text))  # same seed, same trials
     assert len(trials) == 6 and len({json.dumps(t, sort_keys=True) for t in trials}) == 6
     for trial in trials:
         assert 1e-5 <= trial["train.learning_rate"] <= 1e-2
@@ -80,7 +81,7 @@ def test_random_is_seeded_inside_the_ranges_and_without_repeats(tmp_path):
         assert trial["train.warmup_ratio"] in (0.0, 0.05, 0.1)  # num: only the grid points
     # Log-uniform: the rates spread over the decades, not bunched near the top.
     assert min(t["train.learning_rate"] for t in trials) < 1e-3
-    other_seed = sweep.expand(load(tmp_path, text.replace("seed: 3", "seed: 4")))
+    other_seed = sweep_space.expand(load(tmp_path, text.replace("seed: 3", "seed: 4")))
     assert other_seed != trials
 
 
@@ -96,7 +97,7 @@ def test_bayesian_asks_parallel_trials_at_a_time_and_finds_the_optimum(tmp_path)
                 abs(math.log10(t["train.learning_rate"]) + 3) + (t["train.lora.r"] == 8)
                 for i, t in enumerate(batch)]
 
-    study = sweep.optimize(spec, run_batch)
+    study = sweep_space.optimize(spec, run_batch)
     assert [len(b) for b in batches] == [3, 3, 3, 3]
     assert len(study.trials) == 12
     assert sum(t.state.name == "FAIL" for t in study.trials) == 1
@@ -106,7 +107,7 @@ def test_bayesian_asks_parallel_trials_at_a_time_and_finds_the_optimum(tmp_path)
 
 def test_cli_value_reads_back_as_the_same_yaml_value():
     for value in (1e-4, 0.001, 3, True, False, "constant", "1e-3", "yes"):
-        assert yaml.safe_load(sweep.cli_value(value)) == value
+        assert yaml.safe_load(sweep_space.cli_value(value)) == value
 
 
 # --- one-line errors naming the file and the key --------------------------------
@@ -177,10 +178,10 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 def test_shipped_sweep_files_are_valid(monkeypatch):
     monkeypatch.chdir(REPO)
-    rank = sweep.load_sweep("sweeps/lr_rank.yaml")
+    rank = sweep_space.load_sweep("sweeps/lr_rank.yaml")
     assert (rank.strategy, rank.metric, rank.keys) == (
         "bayesian", "tuned.task_accuracy", ["train.learning_rate", "train.lora.r"])
-    lr_test = sweep.load_sweep("sweeps/lr_test.yaml")
+    lr_test = sweep_space.load_sweep("sweeps/lr_test.yaml")
     assert lr_test.strategy == "grid" and lr_test.total_trials == 4
 
 
@@ -281,7 +282,7 @@ def swept(tmp_path_factory, tiny_base_dir):
     sweep_file = copy.parent / "lr.yaml"
     sweep_file.write_text("strategy: grid\nmetric: tuned.loss\ndirection: minimize\n"
                           "parallel: 1\nsearch_space:\n  train.learning_rate: [1.0e-5, 3.0e-2]\n")
-    result = run([sys.executable, "-m", "tunelab.cli", "sweep", str(sweep_file)], copy)
+    result = run([sys.executable, "-m", "tunelab.cli.app", "sweep", str(sweep_file)], copy)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], copy).stdout)
     experiments = {exp["name"]: exp["revs"][0]["data"]
                    for rev in shown for exp in (rev.get("experiments") or [])}
@@ -315,7 +316,7 @@ def test_sweep_report_names_the_best_trial_and_applies_it(swept):
     record = json.loads((repo / "reports/sweeps/lr-1.json").read_text())
     assert [t["status"] for t in record["trials"]] == ["done", "done"]
 
-    applied = run([sys.executable, "-m", "tunelab.cli", "sweep-report", "--apply-best"], repo)
+    applied = run([sys.executable, "-m", "tunelab.cli.app", "sweep-report", "--apply-best"], repo)
     assert f"applied {best}" in applied.stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["train"]["learning_rate"] == experiments[best]["params"]["params.yaml"][

@@ -5,8 +5,12 @@ import json
 import pytest
 import torch
 
-from tunelab import evaluation, io, models, training
-from tunelab.params import GuardParams, LoraParams, ParamsError, TrainParams
+from tunelab.config.params import GuardParams, LoraParams, TrainParams
+from tunelab.errors import ParamsError
+from tunelab.eval import evaluation
+from tunelab.models import loading
+from tunelab.train import training
+from tunelab.util import files
 
 # lr 3e-2 on a tiny random model: single grad-norm spikes of ~800x that clipping absorbs
 # (the run still converges); the spike guard is tested in test_guards.py.
@@ -29,8 +33,8 @@ def color_examples(repeat: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(tiny_base_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("train")
-    io.write_jsonl_atomic(work / "train.jsonl", color_examples(4))
-    io.write_jsonl_atomic(work / "val.jsonl", color_examples(1))
+    files.write_jsonl_atomic(work / "train.jsonl", color_examples(4))
+    files.write_jsonl_atomic(work / "val.jsonl", color_examples(1))
     p = TrainParams(learning_rate=3e-2, max_steps=60, batch_size=8, eval_steps=20,
                     logging_steps=1, warmup_ratio=0.0, precision="fp32",
                     lora=LoraParams(r=8, alpha=32, dropout=0.0), guard=NO_SPIKE_GUARD)
@@ -81,10 +85,10 @@ def test_adapter_folder_has_weights_tokenizer_and_model_card(trained):
 def test_tuned_model_answers_in_the_learned_format_and_stops(trained, tiny_base_dir):
     work, _ = trained
     examples = color_examples(1)
-    model, tokenizer = models.load_trained(tiny_base_dir, work / "adapter")
+    model, tokenizer = loading.load_trained(tiny_base_dir, work / "adapter")
     tuned = evaluation.evaluate_model(model, tokenizer, examples, max_new_tokens=4,
                                       batch_size=8, desc="tuned")
-    base_model, _ = models.load_trained(tiny_base_dir)
+    base_model, _ = loading.load_trained(tiny_base_dir)
     base = evaluation.evaluate_model(base_model, tokenizer, examples, max_new_tokens=4,
                                      batch_size=8, desc="base")
     # A 2-layer random model learns the answer format within seconds, not the mapping:
@@ -109,7 +113,7 @@ def test_same_seed_same_run(tiny_base_dir, trained, tmp_path):
 
 
 def test_unknown_target_module_is_a_params_error(tiny_base_dir, tmp_path):
-    io.write_jsonl_atomic(tmp_path / "train.jsonl", color_examples(1))
+    files.write_jsonl_atomic(tmp_path / "train.jsonl", color_examples(1))
     p = TrainParams(max_steps=1, lora=LoraParams(target_modules=["q_proj", "qkv_proj"]))
     with pytest.raises(ParamsError, match=r"train.lora.target_modules: qkv_proj not in the model "
                                           r"\(its linear layers: .*q_proj"):
@@ -126,7 +130,7 @@ def test_auto_precision_follows_cpu_bf16_support(monkeypatch, flags, expected):
 
 
 def test_generate_cli_prints_base_and_tuned_answers(trained, tiny_base_dir, capsys):
-    from tunelab import cli
+    from tunelab.cli import app as cli
 
     work, _ = trained
     status = cli.main(["generate", "--model", str(work / "adapter"), "--base", str(tiny_base_dir),
@@ -144,7 +148,7 @@ def test_generate_cli_prints_base_and_tuned_answers(trained, tiny_base_dir, caps
 
 
 def test_generate_cli_rejects_a_folder_that_is_no_model(tmp_path, capsys):
-    from tunelab import cli
+    from tunelab.cli import app as cli
 
     status = cli.main(["generate", "--model", str(tmp_path), "--prompt", "hi"])
     assert status == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 
-from tunelab import validation
+from tunelab.data import validation
 
 # "What is 2+2?" renders to a 37-token prompt and a 40-token conversation
 # (SmolLM2 adds its default system message); see test_encoding.py.

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import cli, io, verify
+from tunelab.cli import app as cli
+from tunelab.experiments import verify
+from tunelab.util import files
+from conftest import stage_args
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {"train": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1,
@@ -35,12 +38,14 @@ def workspace(tiny_base_dir, tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_base_dir, root / "models/base")
     shutil.copytree(REPO / "stages", root / "stages")
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     for split, n in (("train", 8), ("val", 2), ("test", 2)):
-        io.write_jsonl_atomic(root / f"data/prepared/{split}.jsonl", rows(n))
+        files.write_jsonl_atomic(root / f"data/prepared/{split}.jsonl", rows(n))
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(root)
         for stage in ("train", "evaluate"):
-            assert runpy.run_path(f"stages/{stage}.py", run_name="s")["main"]() == 0
+            stage_main = runpy.run_path(f"stages/{stage}.py", run_name="s")["main"]
+            assert stage_main(*stage_args(stage, root)) == 0
     return root
 
 

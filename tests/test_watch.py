@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunelab import cli, promotion, watch
-from tunelab.promotion import decide
+from tunelab.cli import app as cli
+from tunelab.experiments import promotion, watch
+from tunelab.experiments.promotion import decide
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {  # one optimizer step and two test examples: the experiment takes seconds per stage
@@ -114,8 +115,9 @@ def test_next_version_bumps_the_highest_gto_tag(tmp_path):
     git(repo, "add", "f")
     git(repo, "commit", "-qm", "one")
     assert promotion.next_version(repo, "ticket-triage-adapter") == "v0.0.1"
+    # Annotated, as GTO (and `tunelab watch`) make them; GTO does not count lightweight tags.
     for tag in ("ticket-triage-adapter@v0.0.2", "ticket-triage-adapter@v0.0.10", "other@v3.0.0"):
-        git(repo, "tag", tag)
+        git(repo, "tag", "-a", tag, "-m", f"register {tag}")
     assert promotion.next_version(repo, "ticket-triage-adapter") == "v0.0.11"
     assert promotion.artifact_name(REPO) == "ticket-triage-adapter"  # dvc.yaml's adapter artifact
 
@@ -152,7 +154,7 @@ def tiny_repo(tiny_base_dir, tmp_path_factory):
     repo = tmp_path_factory.mktemp("watch") / "repo"
     files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).split()
     for name in files:
-        if (REPO / name).is_file() and not name.startswith(("tests/", "bench/")):
+        if (REPO / name).is_file() and not name.startswith("tests/"):
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)

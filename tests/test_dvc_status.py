@@ -1,0 +1,102 @@
+"""What DVC reruns after a change, in a copy of this repo whose dvc.lock matches its files:
+a line of the trainer's code or a result-changing knob marks train; a knob that changes no
+result (checkpoint retention, guard thresholds) marks nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.config import params
+
+REPO = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def run(args, cwd):
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def locked_copy(tmp_path):
+    """The repo's files (no outputs), stand-in outputs, and `dvc commit` of every stage:
+    a dvc.lock that matches the copy as it is, without running a stage."""
+    repo = tmp_path / "repo"
+    tracked = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).split("\n")
+    for name in filter(None, tracked):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("models/", "metrics/", "reports/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for stage in stages.values():
+        for entry in [*stage.get("deps", []), *stage.get("outs", []), *stage.get("metrics", [])]:
+            path = repo / (entry if isinstance(entry, str) else next(iter(entry)))
+            if "${" in str(path) or path.exists():
+                continue
+            if path.suffix:  # a file: tokenizer.json, eval.json, training.log ...
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({"stand_in": path.name}))
+            else:
+                path.mkdir(parents=True)
+                (path / "stand_in.txt").write_text(path.name)
+    run(["git", "init", "-q"], repo)
+    run([*DVC, "commit", "-f", "-q"], repo)
+    assert _changed(repo) == set()
+    return repo
+
+
+def _changed(repo: Path) -> set[str]:
+    out = run([*DVC, "status", "--json"], repo)
+    return set(json.loads(out or "{}"))
+
+
+def _set_param(repo: Path, dotted: str, value) -> None:
+    # Edit the one line, as a person would, so params.yaml's comments stay.
+    section, *middle, key = dotted.split(".")
+    lines = (repo / "params.yaml").read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{key}:"):
+            indent = line[:len(line) - len(line.lstrip())]
+            lines[i] = f"{indent}{key}: {value}\n"
+            break
+    (repo / "params.yaml").write_text("".join(lines))
+    assert params.load(section, repo / "params.yaml") is not None
+
+
+def test_result_neutral_knobs_rerun_nothing(locked_copy):
+    _set_param(locked_copy, "train.keep_checkpoints", 2)
+    _set_param(locked_copy, "train.guard.grad_norm_factor", 500.0)
+    assert _changed(locked_copy) == set()
+
+
+def test_learning_rate_marks_train_and_the_report_that_shows_it(locked_copy):
+    _set_param(locked_copy, "train.learning_rate", "2.0e-4")
+    assert _changed(locked_copy) == {"train", "report"}
+
+
+def test_editing_the_trainer_code_marks_train(locked_copy):
+    trainer = locked_copy / "tunelab/train/training.py"
+    text = trainer.read_text()
+    marker = "def build_trainer("
+    assert marker in text
+    trainer.write_text(text.replace(marker, "def build_trainer(  # edited\n", 1))
+    assert _changed(locked_copy) == {"train"}
+
+
+def test_dvc_yaml_declares_every_train_key_that_changes_results():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    result_keys = {f"train.{key}" for key in params.TrainParams.model_fields
+                   if key not in params.RESULT_NEUTRAL["train"]}
+    for name in ("train", "report"):
+        declared = {p for p in stages[name]["params"] if isinstance(p, str) and p.startswith("train")}
+        assert declared == result_keys, f"dvc.yaml: stage {name}: params differ from train's " \
+                                        f"result-changing keys by {declared ^ result_keys}"

@@ -1,0 +1,32 @@
+"""The `tunelab` command: what is not a pipeline stage.
+
+    tunelab validate-data FILE...            check data files before training
+    tunelab validate-config [params.yaml]    check every params section
+    tunelab generate --model DIR --prompt TEXT [--compare-base]
+    tunelab bench [--steps 5] [--methods lora,lora_packed,qlora,full,baseline]   training speed
+    tunelab bench-serve --url URL | --base DIR --output FILE   `serve` under concurrent clients
+    tunelab merge --adapters A,B --weights 0.5,0.5 --method linear --output DIR
+    tunelab export --adapter DIR --output DIR   adapter folded into a plain model, logits checked
+    tunelab ensemble --models A,B --aggregation logit_mean|weighted_vote --prompt TEXT
+    tunelab serve --base DIR --adapter NAME=DIR [--host 127.0.0.1 --port 8000]   OpenAI-compatible API
+    tunelab watch --incoming DIR [--once --min-gain X --metric tuned.task_accuracy]   continuous learning
+    tunelab sweep FILE | lr-test | sweep-report [--apply-best] | check --baseline REV   sweeps, gate
+    tunelab verify-repro [--tolerance 0]   rerun train + evaluate, compare metrics with the workspace
+    tunelab compare-runs A B [--margin 0.05]   per-example gap of two runs, with a 95% interval
+
+This package is the only place that parses arguments. One module per command group
+(data, generate, bench, adapters, serve, watch, experiments) has ``register(commands)``,
+which adds its subparsers, and one handler per command, which turns the parsed flags
+into plain values and calls the library; argument types live in ``arg_types``, the
+parser and the error handling in ``app``. cli may import every other tunelab package;
+nothing imports cli. Heavy libraries (torch, transformers) are imported inside the
+handlers, so ``tunelab --help`` stays fast.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`tunelab ARGS` (the console script); ``argv`` defaults to sys.argv[1:]."""
+    # Imported here, not at the top, so `python -m tunelab.cli.app` runs app only once.
+    from tunelab.cli import app
+
+    return app.main(argv)

@@ -1,0 +1,254 @@
+"""params.yaml: one pydantic model per section, the only copy of each default and range.
+
+Each stage calls ``load("train")`` and gets that section validated, defaults filled in.
+Every problem is one line naming the params key and the reason (tunelab.config.schema
+words them), so a typo fails before any stage does work. params.yaml's comments are
+the user's manual; a test checks that its values equal the defaults here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, Field, RootModel, model_validator
+
+from tunelab.config.schema import (Bool, Float, Int, Names, Section, Str, StepLimit, choice,
+                                   complaint, is_model, parse)
+from tunelab.errors import ParamsError
+from tunelab.util.names import did_you_mean
+
+PARAMS_FILE = "params.yaml"
+UNIT_INTERVAL = {"ge": 0, "lt": 1}  # shares of a whole: 0 allowed, 1 (all of it) not
+
+# The choice keys; params.CHOICES lists their options for command-line flags.
+DataFormat = choice("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
+Method = choice("lora", "qlora", "full")
+Scheduler = choice("cosine", "linear", "constant", "constant_with_warmup")
+Precision = choice("auto", "bf16", "fp16", "fp32")
+QuantBits = choice(4, 8)
+QuantType = choice("nf4", "fp4")
+Better = choice("higher", "lower")
+
+
+class ModelParams(Section):
+    base: Str = "smollm2-135m-instruct"
+
+
+class PrepareParams(Section):
+    raw_dir: Str = "data/raw"
+    format: DataFormat = "auto"
+    val_ratio: Float = Field(0.1, **UNIT_INTERVAL)
+    test_ratio: Float = Field(0.1, **UNIT_INTERVAL)
+    seed: Int = 42
+    system_prompt: Str = ""
+
+
+class ValidateParams(Section):
+    max_truncated_ratio: Float = Field(0.05, **UNIT_INTERVAL)
+    fail_on_warning: Bool = False
+
+
+class LoraParams(Section):
+    r: Int = Field(16, gt=0)
+    alpha: Int = Field(32, gt=0)
+    dropout: Float = Field(0.0, **UNIT_INTERVAL)
+    target_modules: Names = "all-linear"
+    use_dora: Bool = False
+    use_rslora: Bool = False
+
+
+class QuantizationParams(Section):
+    bits: QuantBits = 4
+    quant_type: QuantType = "nf4"
+    double_quant: Bool = True
+
+
+class GuardParams(Section):
+    grad_norm_factor: Float = Field(100.0, ge=0)
+    warmup_logs: Int = Field(3, gt=0)
+
+
+class TrainParams(Section):
+    method: Method = "lora"
+    learning_rate: Float = Field(1e-3, gt=0)
+    full_learning_rate: Float = Field(2e-5, gt=0)
+    epochs: Float = Field(1.0, ge=0)
+    max_steps: StepLimit = 30
+    batch_size: Int = Field(8, gt=0)
+    gradient_accumulation: Int = Field(1, gt=0)
+    warmup_ratio: Float = Field(0.05, **UNIT_INTERVAL)
+    lr_scheduler: Scheduler = "cosine"
+    weight_decay: Float = Field(0.0, ge=0)
+    max_grad_norm: Float = Field(1.0, ge=0)
+    max_length: Int = Field(256, gt=0)
+    seed: Int = 42
+    precision: Precision = "fp32"
+    gradient_checkpointing: Bool = False
+    packing: Bool = False
+    logging_steps: Int = Field(5, gt=0)
+    eval_steps: Int = Field(15, ge=0)
+    save_steps: Int = Field(10, ge=0)
+    keep_checkpoints: Int = Field(0, ge=0)
+    early_stopping_patience: Int = Field(0, ge=0)
+    lora: LoraParams = Field(default_factory=LoraParams)
+    quantization: QuantizationParams = Field(default_factory=QuantizationParams)
+    guard: GuardParams = Field(default_factory=GuardParams)
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """Full fine-tuning moves every weight, so it wants a far smaller rate."""
+        return self.full_learning_rate if self.method == "full" else self.learning_rate
+
+
+class EvaluateParams(Section):
+    max_new_tokens: Int = Field(64, gt=0)
+    batch_size: Int = Field(24, gt=0)
+    max_examples: Int = Field(0, ge=0)
+
+
+class PlotParams(Section):
+    dpi: Int = Field(100, gt=0)
+
+
+class ReportParams(Section):
+    max_samples: Int = Field(10, ge=0)
+
+
+class MetricTolerance(BaseModel):
+    # Not a Section: an empty rule is an error here, not "all defaults".
+    model_config = Section.model_config
+    direction: Better = "higher"          # which way is better
+    tolerance: Float = Field(0.0, ge=0)   # how far (absolute) it may move the other way
+
+    def __init__(self, *args, **kwargs):  # MetricTolerance("higher", 0.02) reads well in tests
+        super().__init__(**dict(zip(type(self).model_fields, args)), **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction_is_required(cls, rule):
+        if isinstance(rule, MetricTolerance):
+            return rule
+        if not isinstance(rule, dict) or "direction" not in rule:
+            raise complaint(f"expected {{direction: higher|lower, tolerance: NUMBER}}, "
+                            f"got {rule!r}")
+        return rule
+
+
+class CheckParams(RootModel[dict[str, MetricTolerance]]):
+    """`check:` maps metric names to tolerances for `tunelab check`
+    (tunelab.experiments.check); no stage reads it. Empty means these defaults."""
+    root: dict[str, MetricTolerance] = Field(default_factory=lambda: {
+        "tuned.task_accuracy": MetricTolerance("higher", 0.02),
+        "tuned.json_valid": MetricTolerance("higher", 0.02),
+        "tuned.exact_match": MetricTolerance("higher", 0.05),
+        "tuned.loss": MetricTolerance("lower", 0.02)})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_defaults(cls, values):
+        return values or cls.model_fields["root"].default_factory()
+
+    @property
+    def tolerances(self) -> dict[str, MetricTolerance]:
+        return self.root
+
+
+SECTIONS = {
+    "model": ModelParams,
+    "prepare": PrepareParams,
+    "validate": ValidateParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "plot": PlotParams,
+    "report": ReportParams,
+    "check": CheckParams,
+}
+# Knobs that change no trained or evaluated number: a run may resume across a change of
+# them (tunelab.train.checkpoints), and the report does not show them.
+CHANGES_NO_RESULT = {"train": ("keep_checkpoints", "guard")}
+
+
+def _choices(model, prefix: str) -> dict[str, tuple]:
+    found = {}
+    for name, field in getattr(model, "model_fields", {}).items():
+        if get_origin(field.annotation) is Literal:
+            found[f"{prefix}.{name}"] = get_args(field.annotation)
+        elif is_model(field.annotation):
+            found.update(_choices(field.annotation, f"{prefix}.{name}"))
+    return found
+
+
+# The allowed values of each choice key ("prepare.format": ("auto", ...)), read off the
+# models above for command-line flags that mirror a params key.
+CHOICES = {key: options for section, model in SECTIONS.items()
+           for key, options in _choices(model, section).items()}
+
+
+def load(section: str, path: str | Path = PARAMS_FILE):
+    """Return the validated model for one section of params.yaml."""
+    raw = read_file(path)
+    loaded = parse(SECTIONS[section], raw.get(section) or {}, section, path)
+    _check_across(section, loaded, path)
+    return loaded
+
+
+def load_all(path: str | Path = PARAMS_FILE, also_known: tuple[str, ...] = ()) -> dict:
+    """Validate every section (unknown sections are errors too, except ``also_known``:
+    sections another module validates, like multitask/params.yaml's `multitask`)."""
+    raw = read_file(path)
+    for name in raw:
+        if name not in SECTIONS and name not in also_known:
+            raise ParamsError(f"{path}: {name}: unknown section{did_you_mean(name, SECTIONS)}")
+    sections = {name: parse(model, raw.get(name) or {}, name, path)
+                for name, model in SECTIONS.items()}
+    for name, loaded in sections.items():
+        _check_across(name, loaded, path)
+    return sections
+
+
+def result_settings(loaded, section: str) -> dict:
+    """A loaded section as plain values, less the knobs that change no result."""
+    return {key: value for key, value in loaded.model_dump().items()
+            if key not in CHANGES_NO_RESULT.get(section, ())}
+
+
+def read_file(path: str | Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def check_split(prepare: PrepareParams, path: str | Path = PARAMS_FILE) -> None:
+    if prepare.val_ratio + prepare.test_ratio >= 1:
+        raise ParamsError(f"{path}: prepare.val_ratio + prepare.test_ratio must be < 1 "
+                          f"(the rest is the train split), got "
+                          f"{prepare.val_ratio + prepare.test_ratio:g}")
+
+
+def check_train(train: TrainParams, path: str | Path = PARAMS_FILE) -> None:
+    # A checkpoint must fall on a logging step: the trainer's running loss since the last
+    # log is not saved, so a resumed run would log a different curve.
+    if train.save_steps and train.save_steps % train.logging_steps:
+        raise ParamsError(f"{path}: train.save_steps: must be a multiple of train.logging_steps "
+                          f"({train.logging_steps}) so a resumed run logs the same curve, "
+                          f"got {train.save_steps}")
+
+
+def _check_across(section: str, loaded, path) -> None:
+    """Checks that span several keys of one section (a sweep checks single values, so
+    these stay out of the models)."""
+    if section == "prepare":
+        check_split(loaded, path)
+    elif section == "train":
+        check_train(loaded, path)

@@ -1,0 +1,77 @@
+"""Checks that must pass before any training: each error names ``file:line``.
+
+Parsing errors (bad JSON, missing fields, unknown roles, ...) come from
+``tunelab.data.formats``; this module adds the checks that need the tokenizer,
+run through the same ``encoding.encode`` the trainer uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunelab.data import encoding, prepare
+
+
+@dataclass
+class ValidationResult:
+    checked: int = 0
+    truncated: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    preview: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> dict:
+        return {"examples_checked": self.checked, "errors": len(self.errors),
+                "error_messages": self.errors[:50], "warnings": self.warnings,
+                "truncated": self.truncated}
+
+
+def check_examples(examples: list[dict], tokenizer, max_length: int,
+                   max_truncated_ratio: float = 0.05) -> ValidationResult:
+    result = ValidationResult()
+    if any("messages" in e for e in examples) and not tokenizer.chat_template:
+        result.errors.append("the base model's tokenizer has no chat template; "
+                             "use plain `text` data or a model with a chat template")
+        return result
+    eos = tokenizer.eos_token
+    prefix_mismatches = 0
+    for example in examples:
+        encoded = encoding.encode(tokenizer, example, max_length)
+        source = example.get("source", "?")
+        result.checked += 1
+        result.truncated += encoded.truncated
+        prefix_mismatches += not encoded.prefix_ok
+        if not encoded.ends_with_eos:
+            result.errors.append(f"{source}: the chat template loses the EOS token {eos!r} after the "
+                                 "answer, so the model would never learn to stop")
+        elif encoded.loss_tokens == 0:
+            result.errors.append(
+                f"{source}: the prompt alone is {encoded.prompt_tokens} tokens, so no answer token "
+                f"survives train.max_length={max_length} (raise train.max_length or shorten it)")
+        if not result.preview and encoded.loss_tokens:
+            result.preview = encoding.render_loss_preview(tokenizer, encoded)
+    if result.truncated:
+        share = result.truncated / max(result.checked, 1)
+        message = (f"{result.truncated} of {result.checked} examples ({share:.0%}) are cut at "
+                   f"train.max_length={max_length}; their answers lose their ends")
+        if share > max_truncated_ratio:
+            message += f" (more than validate.max_truncated_ratio={max_truncated_ratio:g})"
+        result.warnings.append(message)
+    if prefix_mismatches:
+        result.warnings.append(f"{prefix_mismatches} examples: the chat template renders the prompt "
+                               "differently inside the full conversation; training and inference "
+                               "contexts differ slightly")
+    return result
+
+
+def validate_files(paths, tokenizer, max_length: int, fmt: str = "auto",
+                   max_truncated_ratio: float = 0.05) -> ValidationResult:
+    """All checks on arbitrary files: parsing first, then tokenizer checks."""
+    loaded = prepare.load_files(paths, fmt)
+    result = check_examples(loaded.examples, tokenizer, max_length, max_truncated_ratio)
+    result.errors = loaded.errors + result.errors
+    return result

@@ -1,0 +1,104 @@
+"""Promote a DVC experiment by one metric, or keep it aside: the rule, and the Git side.
+
+Promotion = the experiment's files and outputs into the workspace (as ``dvc exp apply``
+does), a commit of what it changed, and a GTO version ``<artifact>@vX.Y.Z`` (an annotated
+tag, registered with ``gto.api``; the artifact is the one of dvc.yaml's ``artifacts`` whose
+path is models/adapter), so ``gto show`` / ``dvc artifacts get`` can name the promoted
+adapter. Git, DVC and GTO are reached through experiments.repo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tunelab.eval.metric_names import lower_is_better
+from tunelab.experiments.repo import (RepoError, checkout_outputs, commit_all_staged,
+                                      latest_version, register_version, take_files_of,
+                                      unstage)
+from tunelab.util.names import lookup
+
+ADAPTER_PATH = "models/adapter"
+FALLBACK_ARTIFACT = "model"
+FLOAT_SLACK = 1e-9  # a gain equal to min_gain up to float noise counts as reaching it
+
+
+class WatchError(ValueError):
+    """A condition under which `tunelab watch` must stop; one line saying what to do."""
+
+
+@dataclass
+class Decision:
+    promote: bool
+    current: float | None
+    candidate: float | None
+    gain: float | None   # improvement in the metric's own direction (> 0 = better)
+    reason: str
+
+
+def metric_value(metrics: dict | None, metric: str) -> float | None:
+    """``metrics["tuned"]["task_accuracy"]`` for ``tuned.task_accuracy``; None if absent."""
+    value = lookup(metrics, metric)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def decide(current: float | None, candidate: float | None, min_gain: float,
+           metric: str) -> Decision:
+    """Promote when the candidate beats the current value by at least ``min_gain``."""
+    if candidate is None:
+        return Decision(False, current, None, None, f"the experiment wrote no {metric}")
+    if current is None:
+        return Decision(True, None, candidate, None,
+                        f"no current {metric} at HEAD: the first model is promoted")
+    gain = current - candidate if lower_is_better(metric) else candidate - current
+    promote = gain >= min_gain - FLOAT_SLACK
+    direction = "lower" if lower_is_better(metric) else "higher"
+    reason = (f"{metric} {candidate:.6g} vs current {current:.6g} ({direction} is better): "
+              f"gain {gain:+.6g} {'>=' if promote else '<'} min_gain {min_gain:+.6g}")
+    return Decision(promote, current, candidate, gain, reason)
+
+
+# --- the Git side, through experiments.repo ------------------------------------------
+
+def artifact_name(repo: Path) -> str:
+    """The dvc.yaml artifact whose path is the adapter; "model" if there is none."""
+    try:
+        artifacts = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("artifacts") or {}
+    except (OSError, yaml.YAMLError):
+        return FALLBACK_ARTIFACT
+    names = [name for name, spec in artifacts.items()
+             if isinstance(spec, dict) and spec.get("path", "").rstrip("/") == ADAPTER_PATH]
+    return names[0] if names else FALLBACK_ARTIFACT
+
+
+def next_version(repo: Path, artifact: str) -> str:
+    """GTO's default: bump the patch of the highest registered ``<artifact>@vX.Y.Z``;
+    v0.0.1 first."""
+    major, minor, patch = latest_version(repo, artifact) or (0, 0, 0)
+    return f"v{major}.{minor}.{patch + 1}"
+
+
+def promote(repo: Path, exp_commit: str, message: str) -> tuple[str, str]:
+    """Apply the experiment, commit what it changed, tag it. Returns (commit, tag).
+
+    Applied as `dvc exp apply` does, but its DVC outputs are checked out for the root
+    dvc.yaml only: `dvc exp apply` fails when another pipeline's outputs (multitask/) were
+    never built, although this experiment is complete."""
+    take_files_of(exp_commit, repo)  # into the index and the workspace
+    try:
+        checkout_outputs("dvc.yaml", repo)  # models/adapter etc. from the DVC cache
+    except RepoError as err:
+        raise WatchError(f"{err} after taking the files of {exp_commit[:8]}: the workspace "
+                         "holds them uncommitted") from None
+    commit = commit_all_staged(message, repo)
+    artifact = artifact_name(repo)
+    tag = register_version(repo, artifact, commit, next_version(repo, artifact), message)
+    return commit, tag
+
+
+def discard_ingested(repo: Path, ingested: Path) -> None:
+    """Take an ingested copy out of the index and the workspace (the experiment keeps it)."""
+    unstage(ingested.relative_to(repo), repo)
+    ingested.unlink(missing_ok=True)

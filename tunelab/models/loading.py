@@ -1,0 +1,106 @@
+"""Load models for training and inference: plain, quantized (bitsandbytes), or
+with a trained adapter. Training writes ``tunelab_train.json`` next to its
+output so inference loads the base the way it was trained on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunelab.config.params import QuantizationParams
+from tunelab.errors import ParamsError
+
+TRAIN_INFO = "tunelab_train.json"
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def bnb_config(quantization: QuantizationParams, precision: str):
+    """A transformers BitsAndBytesConfig; a clear error if bitsandbytes is missing."""
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ParamsError("params.yaml: train.method: qlora needs the bitsandbytes package "
+                          "(pip install bitsandbytes), or use method lora") from None
+    if quantization.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # FSDP shards only floating tensors of one dtype: under `accelerate launch` with FSDP the
+    # packed 4-bit weights are stored in the compute dtype (QLoRA + FSDP); elsewhere uint8.
+    under_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantization.quant_type,
+                              bnb_4bit_use_double_quant=quantization.double_quant,
+                              bnb_4bit_compute_dtype=COMPUTE_DTYPES[precision],
+                              bnb_4bit_quant_storage=COMPUTE_DTYPES[precision] if under_fsdp
+                              else torch.uint8)
+
+
+def load_base(base_dir: str | Path, quantization: QuantizationParams | None = None,
+              precision: str = "fp32"):
+    """The base model: fp32 master weights, or quantized when ``quantization`` is given."""
+    if quantization is None:
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if not (Path(base_dir) / "config.json").is_file():
+        raise ParamsError(f"params.yaml: train.method: qlora cannot quantize {base_dir}: "
+                          "not a safetensors model folder")
+    return AutoModelForCausalLM.from_pretrained(
+        base_dir, quantization_config=bnb_config(quantization, precision),
+        dtype=COMPUTE_DTYPES[precision])
+
+
+def write_train_info(out_dir: str | Path, method: str, precision: str,
+                     quantization: QuantizationParams | None) -> None:
+    info = {"method": method, "precision": precision,
+            "quantization": vars(quantization) if quantization else None}
+    (Path(out_dir) / TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_train_info(trained_dir: str | Path) -> dict:
+    path = Path(trained_dir) / TRAIN_INFO
+    return json.loads(path.read_text()) if path.is_file() else {"method": "lora"}
+
+
+def load_trained(base_dir: str | Path, trained_dir: str | Path | None = None):
+    """(model, tokenizer) in eval mode: the base alone, the base + adapter, or a
+    fully fine-tuned model folder."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if trained_dir is None:
+        model = load_base(base_dir)
+    elif (Path(trained_dir) / "config.json").is_file():  # method=full: a whole model
+        model = load_base(trained_dir)
+    else:
+        from peft import PeftModel
+
+        info = read_train_info(trained_dir)
+        quantization = info.get("quantization")
+        if quantization:
+            # A QLoRA adapter is evaluated on the quantized base it was trained with.
+            base = load_base(base_dir, QuantizationParams(**quantization), info["precision"])
+            model = PeftModel.from_pretrained(base, str(trained_dir))
+        else:
+            # Merged weights generate ~2x faster than an unmerged adapter on CPU, the same
+            # numbers up to float rounding.
+            model = PeftModel.from_pretrained(load_base(base_dir), str(trained_dir)).merge_and_unload()
+    model.eval()
+    return model, tokenizer
+
+
+def load_with_adapters(base_dir: str | Path, adapters: dict[str, str | Path]):
+    """(model, tokenizer) in eval mode: the fp32 base with every adapter loaded under
+    its name, unmerged, so one of them (or none) can be chosen per call with
+    ``set_adapter`` / ``disable_adapter``. With no adapters, the plain base."""
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = load_base(base_dir)
+    for index, (name, adapter_dir) in enumerate(adapters.items()):
+        if index == 0:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
+        else:
+            model.load_adapter(str(adapter_dir), adapter_name=name)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,163 @@
+"""One self-contained HTML report of a run, plus the same metrics as a rich table.
+
+The HTML has no external resources at all (plots are base64 data URIs, CSS is
+inline) so it can be mailed, attached to a PR or opened offline as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from rich.table import Table
+
+from tunelab.eval.metric_names import lower_is_better
+from tunelab.report import templating
+from tunelab.util.names import flatten
+
+REPORTED_PARAM_SECTIONS = ("model", "prepare", "train", "evaluate")
+DEFAULT_MAX_SAMPLES = 10
+SAMPLE_FIELDS = ("prompt", "reference", "base", "tuned")
+
+# Changes this small are float noise, not a result ("same").
+RELATIVE_TOLERANCE = 1e-4
+ABSOLUTE_TOLERANCE = 1e-6
+
+# Training curves first in their natural reading order; unknown plots follow.
+PLOT_ORDER = ("base_vs_tuned", "loss", "learning_rate", "grad_norm")
+PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned on the 0..1 metrics",
+                 "loss": "Training and evaluation loss", "learning_rate": "Learning rate schedule",
+                 "grad_norm": "Gradient norm during training"}
+STATUS_STYLES = {"improved": "green", "worse": "red", "same": "dim", "n/a": "dim"}
+
+
+@dataclass
+class MetricRow:
+    """One metric compared between the base (initial) and tuned (final) model."""
+    name: str
+    base: float
+    tuned: float
+    change: float
+    status: str  # "improved" | "worse" | "same" | "n/a" (a value is NaN or inf)
+
+
+def metric_rows(eval_metrics: dict) -> list[MetricRow]:
+    """The numeric metrics present for both models, in eval.json's order."""
+    base, tuned = eval_metrics.get("base", {}), eval_metrics.get("tuned", {})
+    rows = []
+    for name, base_value in base.items():
+        tuned_value = tuned.get(name)
+        if not (_is_number(base_value) and _is_number(tuned_value)):
+            continue
+        rows.append(MetricRow(name, base_value, tuned_value, tuned_value - base_value,
+                              compare_status(name, base_value, tuned_value)))
+    return rows
+
+
+def compare_status(name: str, base_value: float, tuned_value: float) -> str:
+    if not (math.isfinite(base_value) and math.isfinite(tuned_value)):
+        return "n/a"
+    if math.isclose(base_value, tuned_value, rel_tol=RELATIVE_TOLERANCE, abs_tol=ABSOLUTE_TOLERANCE):
+        return "same"
+    went_down = tuned_value < base_value
+    return "improved" if went_down == lower_is_better(name) else "worse"
+
+
+def summary_table(eval_metrics: dict) -> Table:
+    """The report's metrics table for the console."""
+    table = Table(title="Base vs tuned")
+    table.add_column("metric")
+    table.add_column("initial (base)", justify="right")
+    table.add_column("final (tuned)", justify="right")
+    table.add_column("change", justify="right")
+    table.add_column("status")
+    for row in metric_rows(eval_metrics):
+        style = STATUS_STYLES[row.status]
+        table.add_row(row.name, format_value(row.base), format_value(row.tuned),
+                      format_change(row.change), f"[{style}]{row.status}[/{style}]")
+    return table
+
+
+def build_report(*, eval_metrics: dict, params: dict | None = None, samples: list[dict] | None = None,
+                 data_stats: dict | None = None, validation: dict | None = None,
+                 plot_paths: Iterable[str | os.PathLike] = (), max_samples: int = DEFAULT_MAX_SAMPLES,
+                 title: str = "tunelab report") -> str:
+    """Render the whole report to one HTML string.
+
+    ``params`` is the full params.yaml; only REPORTED_PARAM_SECTIONS are shown.
+    Optional inputs that are None are reported as missing rather than failing,
+    so a partial run still gets a report.
+    """
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0, got {max_samples}")
+    params = params or {}
+    samples = samples or []
+    param_sections = {section: table_rows(params[section]) for section in REPORTED_PARAM_SECTIONS
+                      if isinstance(params.get(section), dict)}
+    env = templating.environment({"value": format_value, "change": format_change})
+    template = env.get_template("report.html.j2")
+    return template.render(
+        title=title,
+        method=eval_metrics.get("method"),
+        test_examples=eval_metrics.get("examples"),
+        metric_rows=metric_rows(eval_metrics),
+        param_sections=param_sections,
+        data_stats=None if data_stats is None else table_rows(data_stats),
+        validation=None if validation is None else table_rows(validation),
+        plots=[_embed_png(path) for path in sorted(map(Path, plot_paths), key=_plot_sort_key)],
+        # Missing fields render empty: one odd row must not sink the whole report.
+        samples=[{field: str(sample.get(field, "")) for field in SAMPLE_FIELDS}
+                 for sample in samples[:max_samples]],
+        total_samples=len(samples),
+    )
+
+
+def table_rows(mapping: dict) -> list[tuple[str, object]]:
+    """Nested dicts as (dotted key, value) rows; lists of scalars stay lists, any other
+    dict or list shows as JSON."""
+    return [(key, json.dumps(value, ensure_ascii=False)
+             if isinstance(value, (dict, list)) and not _scalar_list(value) else value)
+            for key, value in flatten(mapping).items()]
+
+
+def _scalar_list(value) -> bool:
+    return isinstance(value, list) and all(not isinstance(item, (dict, list)) for item in value)
+
+
+def format_value(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.2e}"  # four fixed decimals would print a small change as 0.0000
+    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
+
+
+def format_change(change: float) -> str:
+    formatted = format_value(change)
+    if change == 0 or formatted.startswith(("-", "nan", "inf")):
+        return formatted
+    return f"+{formatted}"
+
+
+def _embed_png(path: Path) -> dict:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = PLOT_CAPTIONS.get(path.stem, path.stem.replace("_", " "))
+    return {"caption": caption, "data_uri": f"data:image/png;base64,{encoded}"}
+
+
+def _plot_sort_key(path: Path) -> tuple[int, str]:
+    rank = PLOT_ORDER.index(path.stem) if path.stem in PLOT_ORDER else len(PLOT_ORDER)
+    return rank, path.name
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

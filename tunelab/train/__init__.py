@@ -1,0 +1,8 @@
+"""tunelab.train: fine-tuning with TRL + PEFT.
+
+Owns building the SFTTrainer and its config for lora / qlora / full (training), the
+checkpoints a killed run resumes from and their fingerprints (checkpoints), and the guards
+that stop a diverging or out-of-memory run with one line naming the knob (guards). May
+import tunelab.data, tunelab.models, tunelab.config, tunelab.util and tunelab.errors;
+never evaluation, reporting, experiments or the CLI.
+"""
