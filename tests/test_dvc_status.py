@@ -49,13 +49,13 @@ def locked_copy(tmp_path):
                 path.mkdir(parents=True)
                 (path / "stand_in.txt").write_text(path.name)
     run(["git", "init", "-q"], repo)
-    run([*DVC, "commit", "-f", "-q"], repo)
+    run([*DVC, "commit", "-f", "dvc.yaml"], repo)
     assert _changed(repo) == set()
     return repo
 
 
 def _changed(repo: Path) -> set[str]:
-    out = run([*DVC, "status", "--json"], repo)
+    out = run([*DVC, "status", "--json", "dvc.yaml"], repo)
     return set(json.loads(out or "{}"))
 
 
@@ -95,7 +95,7 @@ def test_editing_the_trainer_code_marks_train(locked_copy):
 def test_dvc_yaml_declares_every_train_key_that_changes_results():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     result_keys = {f"train.{key}" for key in params.TrainParams.model_fields
-                   if key not in params.RESULT_NEUTRAL["train"]}
+                   if key not in params.CHANGES_NO_RESULT["train"]}
     for name in ("train", "report"):
         declared = {p for p in stages[name]["params"] if isinstance(p, str) and p.startswith("train")}
         assert declared == result_keys, f"dvc.yaml: stage {name}: params differ from train's " \
