@@ -74,5 +74,17 @@ def test_adapter_trained_in_two_clones_is_byte_identical(tiny_base_dir, two_clon
     # The base is recorded relative to the repo root, and still found from there.
     config = json.loads((first / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "models/base"
+    # PEFT keeps "all-linear"'s layers in a set (string-hash order, new every process).
+    assert len(config["target_modules"]) > 1
+    assert config["target_modules"] == sorted(config["target_modules"])
     monkeypatch.chdir(two_clones[0])
     assert resolve_model("models/adapter") == (Path("models/base"), Path("models/adapter"))
+
+
+def test_target_modules_are_written_in_sorted_order(tmp_path):
+    config = tmp_path / "adapter_config.json"
+    config.write_text(json.dumps({"r": 2, "target_modules": ["v_proj", "down_proj", "q_proj"]}))
+    training.sort_target_modules(config)
+    assert json.loads(config.read_text()) == {"r": 2,
+                                              "target_modules": ["down_proj", "q_proj", "v_proj"]}
+    training.sort_target_modules(tmp_path / "missing.json")  # a full fine-tune has none

@@ -289,6 +289,7 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
     # save_model also pickles the TrainingArguments: nothing reads that file, a pickle runs
     # code when loaded, and the params that matter are in the model card below.
     (Path(adapter_dir) / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+    sort_target_modules(Path(adapter_dir) / "adapter_config.json")
     loading.write_train_info(adapter_dir, p.method, precision,
                             p.quantization if p.method == "qlora" else None)
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
@@ -337,6 +338,19 @@ def check_target_modules(model, target_modules) -> None:
 
 
 TRAINING_ARGS_PICKLE = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME
+
+
+def sort_target_modules(adapter_config: Path) -> None:
+    """PEFT saves the layers "all-linear" resolved to as a set, in string-hash order, which
+    changes from process to process (PYTHONHASHSEED): two equal runs wrote different
+    adapter_config.json bytes, so a different DVC hash. Sorted, they write the same."""
+    if not adapter_config.is_file():  # method full: a whole model, no adapter config
+        return
+    config = json.loads(adapter_config.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
 # Left out of the model card: models/adapter is a DVC output, and a wall-clock time would
 # make every run's bytes (and hash) differ. metrics/train/summary.json keeps it.
 NOT_IN_MODEL_CARD = ("train_seconds",)
