@@ -79,10 +79,7 @@ def adapter_model(base_dir: Path, adapter_dir: Path, dequantize: bool = False):
 
 def merge_into_base(base_dir: Path, adapter_dir: Path):
     """A plain fp32 transformers model with the adapter folded into its weights."""
-    from peft import PeftModel
-
-    base = base_as_trained(base_dir, adapter_dir, dequantize=True)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().eval()
+    return adapter_model(base_dir, adapter_dir, dequantize=True).merge_and_unload().eval()
 
 
 def check_prompts(tokenizer, count: int, prompts_file: str | Path | None,

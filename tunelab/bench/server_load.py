@@ -31,10 +31,9 @@ from tunelab.errors import DataError
 
 KINDS = ("chat", "chat_stream", "completion", "completion_stream")
 # name -> (how the request is broken, expected status)
-BAD = ("malformed_json", "huge_max_tokens", "negative_temperature", "wrong_key", "missing_key",
-       "unknown_model")
 EXPECTED_STATUS = {"malformed_json": 400, "huge_max_tokens": 400, "negative_temperature": 400,
                    "wrong_key": 401, "missing_key": 401, "unknown_model": 404}
+BAD = tuple(EXPECTED_STATUS)  # the broken requests, taken in turn
 
 
 def load_test(output: Path, api_key: str, url: str | None = None, base: Path | None = None,

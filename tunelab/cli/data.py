@@ -63,8 +63,7 @@ def validate_config(args) -> int:
 
         multitask.load_params(args.path)
         also_known = ("multitask",)
-    sections = params.load_all(args.path, also_known)
-    params.check_split(sections["prepare"], args.path)
+    sections = params.load_all(args.path, also_known)  # the cross-key checks included
     # Named layers must exist in the base model, when it is there to look at (weights unread).
     base = Path(args.path).parent / DEFAULT_BASE
     if not isinstance(sections["train"].lora.target_modules, str) and (base / "config.json").is_file():

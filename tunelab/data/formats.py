@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tunelab.config import params
 from tunelab.errors import DataError
 
-FORMATS = ("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
+FORMATS = params.CHOICES["prepare.format"]  # the schema's list: what prepare.format accepts
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user",
                   "gpt": "assistant", "assistant": "assistant", "bot": "assistant"}

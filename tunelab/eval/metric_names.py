@@ -1,4 +1,5 @@
-"""Metric names and their directions: which way is better for a metric when nothing says.
+"""Metric names, their values and directions: what counts as a metric's number, and which
+way is better for a metric when nothing says.
 
 A metric name is a dotted key of a metrics file (``tuned.loss``, ``train.eval_loss``,
 ``tuned.task_accuracy``). Where a direction is written down (params.yaml ``check:``, a sweep
@@ -10,6 +11,14 @@ lower-is-better and every other metric higher-is-better.
 from __future__ import annotations
 
 LOWER_IS_BETTER_SUFFIXES = ("loss", "perplexity")
+
+
+def metric_number(value) -> float | None:
+    """A metric's value as a float; None for anything else (absent, text, and true/false,
+    which JSON keeps apart from 1/0)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 def lower_is_better(metric: str) -> bool:

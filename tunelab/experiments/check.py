@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tunelab.config import params
 from tunelab.errors import DataError
+from tunelab.eval.metric_names import metric_number
 from tunelab.experiments import repo
 from tunelab.util.names import did_you_mean, lookup
 
@@ -42,7 +43,7 @@ def numeric_keys(tree, prefix: str = "") -> list[str]:
         path = f"{prefix}{key}"
         if isinstance(value, dict):
             keys += numeric_keys(value, path + ".")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        elif metric_number(value) is not None:
             keys.append(path)
     return keys
 
@@ -55,12 +56,9 @@ def metric_value(name: str, read_text) -> float | None:
     if text is None:
         return None
     try:
-        value = lookup(json.loads(text), key)
+        return metric_number(lookup(json.loads(text), key))
     except json.JSONDecodeError:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def unknown_metric_reason(name: str, root: str | Path = ".") -> str | None:
@@ -122,7 +120,8 @@ def gate_rows(diff: dict, tolerances: dict) -> list[GateRow]:
             known = [n for f, keys in diff.items() for n in keys]
             raise DataError(f"params.yaml: check.{name}: no such metric in {file} of the "
                             f"workspace or the baseline{did_you_mean(key, known)}")
-        rows.append(judge(name, rule, _number(entry.get("old")), _number(entry.get("new"))))
+        rows.append(judge(name, rule, metric_number(entry.get("old")),
+                          metric_number(entry.get("new"))))
     return rows
 
 
@@ -163,12 +162,6 @@ def check(baseline: str = "HEAD", params_file: str = params.PARAMS_FILE) -> int:
     print(f"{len(failed)} of {len(rows)} tracked metrics worse than allowed" if failed
           else f"OK: {len(rows)} tracked metrics within tolerance of {baseline}")
     return 1 if failed else 0
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
 
 
 def _fmt(value, signed: bool = False) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tunelab.eval.metric_names import lower_is_better
+from tunelab.eval.metric_names import lower_is_better, metric_number
 from tunelab.experiments.repo import (RepoError, checkout_outputs, commit_all_staged,
                                       latest_version, register_version, take_files_of,
                                       unstage)
@@ -40,8 +40,7 @@ class Decision:
 
 def metric_value(metrics: dict | None, metric: str) -> float | None:
     """``metrics["tuned"]["task_accuracy"]`` for ``tuned.task_accuracy``; None if absent."""
-    value = lookup(metrics, metric)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return metric_number(lookup(metrics, metric))
 
 
 def decide(current: float | None, candidate: float | None, min_gain: float,

@@ -71,9 +71,7 @@ class DvcTrials:
             self._report(trial)
 
     def _report(self, trial: dict) -> None:
-        done = [t for t in self.record["trials"] if t["value"] is not None]
-        pick = min if self.spec.direction == "minimize" else max
-        best = pick(done, key=lambda t: t["value"]) if done else None
+        best = sweep_report.best_trial(self.record)
         count = sum(t["status"] != "queued" for t in self.record["trials"])
         if trial["value"] is not None:
             outcome = f"{self.spec.metric}={trial['value']:.4f}"

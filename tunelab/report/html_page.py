@@ -16,7 +16,7 @@ from typing import Iterable
 
 from rich.table import Table
 
-from tunelab.eval.metric_names import lower_is_better
+from tunelab.eval.metric_names import lower_is_better, metric_number
 from tunelab.report import templating
 from tunelab.util.names import flatten
 
@@ -52,7 +52,7 @@ def metric_rows(eval_metrics: dict) -> list[MetricRow]:
     rows = []
     for name, base_value in base.items():
         tuned_value = tuned.get(name)
-        if not (_is_number(base_value) and _is_number(tuned_value)):
+        if metric_number(base_value) is None or metric_number(tuned_value) is None:
             continue
         rows.append(MetricRow(name, base_value, tuned_value, tuned_value - base_value,
                               compare_status(name, base_value, tuned_value)))
@@ -157,7 +157,3 @@ def _embed_png(path: Path) -> dict:
 def _plot_sort_key(path: Path) -> tuple[int, str]:
     rank = PLOT_ORDER.index(path.stem) if path.stem in PLOT_ORDER else len(PLOT_ORDER)
     return rank, path.name
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
