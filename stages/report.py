@@ -1,12 +1,13 @@
-"""Stage: write the HTML report and print the base-vs-tuned table.
+"""Stage: write the HTML report and print the base-vs-tuned table (and a line per GGUF file).
 
 Usage (dvc.yaml): python stages/report.py EVAL_METRICS SAMPLES DATA_STATS VALIDATION
-                  PLOTS_DIR REPORT
-Reads EVAL_METRICS (required), SAMPLES, DATA_STATS, VALIDATION and PLOTS_DIR/*.png (each
-optional: the report says what is missing), plus the params sections it shows; writes
-REPORT, one self-contained HTML file.
+                  EXPORT PLOTS_DIR REPORT
+Reads EVAL_METRICS (required), SAMPLES, DATA_STATS, VALIDATION, EXPORT (the export stage's
+GGUF parity metrics) and PLOTS_DIR/*.png (each optional: the report says what is missing),
+plus the params sections it shows; writes REPORT, one self-contained HTML file.
 """
 
+import json
 from pathlib import Path
 
 from rich.console import Console
@@ -18,7 +19,7 @@ from tunelab.report import html_page
 from tunelab.util import files
 
 
-def main(eval_metrics: str, samples: str, data_stats: str, validation: str,
+def main(eval_metrics: str, samples: str, data_stats: str, validation: str, export: str,
          plots_dir: str, report: str) -> int:
     report_params = params.load("report")
     # Validated sections, defaults filled in: the report shows what the run used (less the
@@ -29,24 +30,39 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str,
         raise DataError(f"{eval_metrics} not found; run the evaluate stage first")
 
     metrics = files.read_json(eval_metrics)
+    export_metrics = _read_optional_json(export)
     html = html_page.build_report(
         eval_metrics=metrics,
         params=shown_params,
         samples=files.read_jsonl(samples) if Path(samples).exists() else [],
         data_stats=_read_optional_json(data_stats),
         validation=_read_optional_json(validation),
+        export=export_metrics,
         plot_paths=sorted(Path(plots_dir).glob("*.png")),
         max_samples=report_params.max_samples,
     )
     files.write_text_atomic(report, html)
 
-    Console().print(html_page.summary_table(metrics))
+    console = Console()
+    console.print(html_page.summary_table(metrics))
+    if export_metrics is not None:
+        console.print(html_page.export_summary(export_metrics), soft_wrap=True)
     print(f"report: wrote {report}")
     return 0
 
 
-def _read_optional_json(path: str):
-    return files.read_json(path) if Path(path).exists() else None
+def _read_optional_json(path: str) -> dict | None:
+    """A JSON object, or None when ``path`` does not exist; a broken file is a one-line error
+    (the report shows a missing input, not a wrong one)."""
+    if not Path(path).exists():
+        return None
+    try:
+        loaded = files.read_json(path)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
+    return loaded
 
 
 if __name__ == "__main__":

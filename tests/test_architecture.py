@@ -25,12 +25,13 @@ ALLOWED_IMPORTS = {
     "eval": {"data", "models", "config", "util", "errors"},
     "report": {"eval", "config", "util", "errors"},
     "adapters": {"eval", "models", "data", "config", "util", "errors"},
-    "serve": {"eval", "models", "data", "config", "util", "errors"},
+    "deploy": {"adapters", "eval", "models", "data", "config", "util", "errors"},
+    "serve": {"deploy", "eval", "models", "data", "config", "util", "errors"},
     "experiments": {"eval", "report", "train", "data", "models", "config", "util", "errors"},
     "bench": {"serve", "train", "eval", "models", "data", "config", "util", "errors"},
     "pipeline": {"config", "errors"},
-    "cli": {"experiments", "adapters", "serve", "bench", "eval", "report", "train", "data",
-            "models", "config", "util", "errors"},
+    "cli": {"experiments", "adapters", "deploy", "serve", "bench", "eval", "report", "train",
+            "data", "models", "config", "util", "errors"},
 }
 
 # Files a module reads at run time that are not Python: a stage that runs the module

@@ -83,6 +83,11 @@ def test_learning_rate_marks_train_and_the_report_that_shows_it(locked_copy):
     assert _changed(locked_copy) == {"train", "report"}
 
 
+def test_export_quantizations_mark_export_and_the_report_that_shows_it(locked_copy):
+    _set_param(locked_copy, "export.quantizations", "[q8_0]")
+    assert _changed(locked_copy) == {"export", "report"}
+
+
 def test_editing_the_trainer_code_marks_train(locked_copy):
     trainer = locked_copy / "tunelab/train/training.py"
     text = trainer.read_text()

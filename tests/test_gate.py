@@ -4,6 +4,7 @@ git revision in a small temporary DVC repo, tolerances from params.yaml `check:`
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -150,3 +151,118 @@ def test_check_section_is_read_by_no_stage():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert not [name for name, stage in stages.items()
                 if any(str(p).split(".")[0] == "check" for p in stage.get("params", []))]
+
+
+# --- export.KEY: metrics/export.json, the GGUF parity check ---------------------------
+
+EXPORT = {"examples": 56, "speed_examples": 8, "max_new_tokens": 64, "threads": 2,
+          "transformers": {"task_accuracy": 0.83, "json_valid": 1.0, "tokens_per_second": 7.3},
+          "q8_0": {"file": "models/gguf/tuned-q8_0.gguf", "size_mb": 145.2, "task_accuracy": 0.83,
+                   "agreement": 0.96, "template_differences": 0, "tokens_per_second": 40.1},
+          "q4_k_m": {"file": "models/gguf/tuned-q4_k_m.gguf", "size_mb": 98.4,
+                     "task_accuracy": 0.8, "agreement": 0.9, "template_differences": 0}}
+EXPORT_CHECKS = ("  export.q8_0.agreement: {direction: higher, tolerance: 0.02}\n"
+                 "  export.q4_k_m.template_differences: {direction: lower, tolerance: 0}\n")
+
+
+def add_export_checks(repo: Path, checks: str = EXPORT_CHECKS) -> None:
+    path = repo / "params.yaml"
+    path.write_text(path.read_text().replace("\ncheck:\n", "\ncheck:\n" + checks))
+
+
+def write_export(repo: Path, **changes) -> None:
+    """metrics/export.json with ``model__key=value`` changes (q8_0__agreement=0.9)."""
+    export = json.loads(json.dumps(EXPORT))
+    for dotted, value in changes.items():
+        model, key = dotted.split("__")
+        export[model][key] = value
+    (repo / "metrics/export.json").write_text(json.dumps(export, indent=2))
+
+
+@pytest.fixture
+def wide_table(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # rich wraps the long export names at 80
+
+
+@pytest.fixture
+def export_repo(metrics_repo, wide_table):
+    """The reference run plus metrics/export.json and two export checks, committed."""
+    write_export(metrics_repo)
+    add_export_checks(metrics_repo)
+    git(metrics_repo, "add", "-A")
+    git(metrics_repo, "commit", "-qm", "export")
+    return metrics_repo
+
+
+def test_export_metric_names_map_to_export_json():
+    assert check.locate_metric("export.q8_0.agreement") == ("metrics/export.json", "q8_0.agreement")
+    assert check.locate_metric("export.examples") == ("metrics/export.json", "examples")
+
+
+def test_every_metrics_file_of_a_name_is_a_dvc_metric():
+    # `tunelab check` reads `dvc metrics diff`, which sees only the files dvc.yaml declares.
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = {path for stage in stages.values() for entry in stage.get("metrics", [])
+                for path in (entry if isinstance(entry, dict) else {entry: None})}
+    assert {check.EVAL_METRICS, *check.METRIC_FILES.values()} <= declared
+
+
+def test_export_metrics_unchanged_pass(export_repo, capsys):
+    assert cli.main(["check", "--baseline", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert "export.q8_0.agreement" in out and "export.q4_k_m.template_differences" in out
+    assert "OK: 6 tracked metrics within tolerance of HEAD" in out
+
+
+def test_export_regressions_fail_naming_the_metric(export_repo, capsys):
+    write_export(export_repo, q8_0__agreement=0.9, q4_k_m__template_differences=3)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "FAIL export.q8_0.agreement: 0.96 -> 0.9 (-0.06; higher is better, tolerance 0.02)\n"
+        "FAIL export.q4_k_m.template_differences: 0 -> 3 (+3; lower is better, tolerance 0)\n")
+    assert "2 of 6 tracked metrics worse than allowed" in captured.out
+
+
+def test_export_change_within_tolerance_passes(export_repo, capsys):
+    write_export(export_repo, q8_0__agreement=0.95)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 0
+    assert "OK: 6 tracked metrics within tolerance of HEAD" in capsys.readouterr().out
+
+
+def test_export_json_missing_from_the_workspace_fails_as_missing(export_repo, capsys):
+    (export_repo / "metrics/export.json").unlink()
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ("FAIL export.q8_0.agreement: missing from the workspace metrics\n"
+                            "FAIL export.q4_k_m.template_differences: missing from the "
+                            "workspace metrics\n")
+    assert "2 of 6 tracked metrics worse than allowed" in captured.out
+
+
+def test_export_json_missing_from_the_baseline_is_new(metrics_repo, wide_table, capsys):
+    add_export_checks(metrics_repo)
+    git(metrics_repo, "commit", "-qam", "export checks, no export run yet")
+    write_export(metrics_repo)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert re.search(r"export\.q8_0\.agreement .*│ +- │ +0\.9600 │ +- │ +-0\.02 │ new", captured.out)
+    assert "OK: 6 tracked metrics within tolerance of HEAD" in captured.out
+
+
+def test_export_json_on_neither_side_or_a_typo_is_a_one_line_error(metrics_repo, capsys):
+    add_export_checks(metrics_repo, "  export.q8_0.agreement: {direction: higher, tolerance: 0.02}\n")
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err == (
+        "tunelab check: error: params.yaml: check.export.q8_0.agreement: no such metric in "
+        "metrics/export.json of the workspace or the baseline\n")
+    write_export(metrics_repo)
+    add_export_checks(metrics_repo, "  export.q8_0.agreemnt: {direction: higher, tolerance: 0.02}\n")
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err == (
+        "tunelab check: error: params.yaml: check.export.q8_0.agreemnt: no such metric in "
+        "metrics/export.json of the workspace or the baseline (did you mean "
+        "'export.q8_0.agreement'?)\n")

@@ -37,8 +37,8 @@ def test_repo_params_section_equals_dataclass_defaults(section):
 
 def test_repo_params_has_every_section_and_passes_split_check():
     sections = params.load_all(REPO_PARAMS)
-    assert list(sections) == ["model", "prepare", "validate", "train", "evaluate", "plot", "report",
-                              "check"]
+    assert list(sections) == ["model", "prepare", "validate", "train", "evaluate", "export",
+                              "plot", "report", "check"]
     params.check_split(sections["prepare"], REPO_PARAMS)
 
 
@@ -213,3 +213,22 @@ def test_missing_file(tmp_path):
 def test_top_level_must_be_a_mapping(tmp_path):
     path = write_params(tmp_path, "- train\n- plot\n")
     assert params_error(path) == f"{path}: expected a mapping of sections at the top level"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("export:\n  quantizations: [q8_0, q4_km]\n",
+     "export.quantizations.1: must be one of f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_1, "
+     "q5_0, q4_k_m, q4_k_s, q4_1, q4_0, q3_k_l, q3_k_m, q3_k_s, q2_k, got 'q4_km'"),
+    ("export:\n  quantizations: [q8_0, q8_0]\n",
+     "export.quantizations: a list of one or more types, each once, got ['q8_0', 'q8_0']"),
+    ("export:\n  quantizations: []\n",
+     "export.quantizations: a list of one or more types, each once, got []"),
+    ("export:\n  speed_examples: 0\n", "export.speed_examples: must be > 0, got 0"),
+])
+def test_export_params_name_the_key(tmp_path, text, reason):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as raised:
+        params.load("export", path)
+    assert str(raised.value) == f"{path}: {reason}"
+

@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["base", "prepare", "validate", "train", "evaluate", "plot", "report"]
+STAGES = ["base", "prepare", "validate", "train", "evaluate", "export", "plot", "report"]
 QUICK = {  # a few steps and a few test examples: minutes, not the real run
     "train": {"max_steps": 3, "batch_size": 4, "eval_steps": 0, "logging_steps": 1},
     "evaluate": {"max_examples": 6, "max_new_tokens": 48, "batch_size": 6},
+    "export": {"quantizations": ["q8_0"], "speed_examples": 2},
 }
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +82,12 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced):
     assert html.count("data:image/png;base64,") >= 2
     assert "https://" not in html and "http://" not in html
     assert (repo / "metrics/train/plots/metrics/loss.tsv").is_file()
+    assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == [
+        "Modelfile", "adapter-f32.gguf", "tuned-q8_0.gguf"]
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    assert exported["examples"] == 6 and exported["max_new_tokens"] == 48
+    assert exported["q8_0"]["template_differences"] == exported["lora"]["template_differences"] == 0
+    assert "Deployable model" in html
 
 
 def test_second_repro_reruns_nothing(reproduced):
@@ -108,11 +115,23 @@ def test_evaluate_param_reruns_only_downstream_stages(reproduced):
     repo, _ = reproduced
     original = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(original.replace("max_new_tokens: 48", "max_new_tokens: 40"))
-    # --dry lists the stages whose own deps changed: evaluate and report read the
+    # --dry lists the stages whose own deps changed: evaluate, export and report read the
     # `evaluate` params; plot joins once evaluate has really rewritten eval.json.
-    assert ran_stages(run(["dvc", "repro", "--dry"], repo).stdout) == ["evaluate", "report"]
+    assert ran_stages(run(["dvc", "repro", "--dry"], repo).stdout) == ["evaluate", "export",
+                                                                       "report"]
     # The real run (kept: the workspace stays consistent for the experiment test below).
-    assert ran_stages(run(["dvc", "repro"], repo).stdout) == ["evaluate", "plot", "report"]
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == ["evaluate", "export", "plot",
+                                                              "report"]
+
+
+def test_export_types_rerun_only_export_and_the_report(reproduced):
+    repo, _ = reproduced
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["export"]["quantizations"] = ["q4_k_m"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], repo).stdout) == ["export", "report"]
+    assert sorted(p.name for p in (repo / "models/gguf").iterdir()) == [
+        "Modelfile", "adapter-f32.gguf", "tuned-q4_k_m.gguf"]
 
 
 def test_experiment_with_new_learning_rate_is_listed_and_diffable(reproduced):

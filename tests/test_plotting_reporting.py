@@ -27,6 +27,32 @@ EVAL_METRICS = {
 }
 EVAL_METRICS["delta"] = {k: EVAL_METRICS["tuned"][k] - v for k, v in EVAL_METRICS["base"].items()}
 
+# metrics/export.json as the export stage writes it: settings, then one object per model.
+EXPORT_METRICS = {
+    "examples": 56, "speed_examples": 8, "max_new_tokens": 64, "threads": 2,
+    "transformers": {"task_accuracy": 0.83, "json_valid": 1.0, "exact_match": 0.5,
+                     "field_category": 0.9, "rougeL": 0.9, "chrf": 80.1, "tokens_per_second": 7.3},
+    "q8_0": {"file": "models/gguf/tuned-q8_0.gguf", "size_mb": 145.2, "task_accuracy": 0.83,
+             "json_valid": 1.0, "exact_match": 0.5, "field_category": 0.9, "rougeL": 0.9,
+             "chrf": 80.0, "agreement": 0.96, "template_differences": 0, "tokens_per_second": 40.1,
+             "speedup": 5.5},
+    "q4_k_m": {"file": "models/gguf/tuned-q4_k_m.gguf", "size_mb": 98.4, "task_accuracy": 0.8,
+               "json_valid": 1.0, "exact_match": 0.4375, "field_category": 0.875, "rougeL": 0.85,
+               "chrf": 77.2, "agreement": 0.75, "template_differences": 2,
+               "tokens_per_second": 61.6, "speedup": 8.438},
+    "lora": {"file": "models/gguf/adapter-f32.gguf", "base_file_type": "f32", "size_mb": 3.6,
+             "task_accuracy": 0.83, "json_valid": 1.0, "exact_match": 0.5, "field_category": 0.9,
+             "rougeL": 0.9, "chrf": 80.1, "agreement": 1.0, "template_differences": 0,
+             "tokens_per_second": 12.25, "speedup": 1.678},
+}
+# task accuracy, valid JSON, exact match, agreement, template differences, tokens/s, speed-up, MB
+EXPORT_CELLS = {
+    "transformers": ["0.8300", "1.0000", "0.5000", "\u2014", "\u2014", "7.3", "\u2014", "\u2014"],
+    "q8_0": ["0.8300", "1.0000", "0.5000", "0.9600", "0", "40.1", "5.50\u00d7", "145.2"],
+    "q4_k_m": ["0.8000", "1.0000", "0.4375", "0.7500", "2", "61.6", "8.44\u00d7", "98.4"],
+    "lora": ["0.8300", "1.0000", "0.5000", "1.0000", "0", "12.2", "1.68\u00d7", "3.6"],
+}
+
 PARAMS_YAML = """\
 model: {base: smollm2-135m-instruct}
 prepare: {seed: 7}
@@ -63,6 +89,7 @@ def make_fake_inputs(root: Path, sample_count: int = 5, with_grad_norm: bool = T
         "tokens": {"mean": 141.2, "p50": 139, "p95": 180, "max": 220}}))
     (root / "metrics/validation.json").write_text(json.dumps(
         {"errors": 0, "warnings": ["3 examples exceed train.max_length <b>"]}))
+    (root / "metrics/export.json").write_text(json.dumps(EXPORT_METRICS))
     (root / "params.yaml").write_text(PARAMS_YAML)
 
 
@@ -165,6 +192,63 @@ def test_summary_table_has_the_same_rows():
     assert re.search(r"loss .*improved", text) and re.search(r"task_accuracy .*worse", text)
 
 
+def export_table(html: str) -> dict[str, list[str]]:
+    """{model: its cells} of the report's export table, in row order; a highlighted cell
+    comes back as "!" + its text."""
+    section = re.search(r'<section id="export">(.*?)</section>', html, flags=re.DOTALL).group(1)
+    table = {}
+    for name, row in re.findall(r'<tr data-model="([^"]+)">(.*?)</tr>', section, flags=re.DOTALL):
+        cells = re.findall(r'<td class="number" data-column="[a-z_]+">(.*?)</td>', row)
+        table[name] = [re.sub(r'<span class="status status-worse">(.*)</span>', r"!\1", cell)
+                       for cell in cells]
+    return table
+
+
+def test_export_rows_put_transformers_first_and_lora_last():
+    shuffled = {key: EXPORT_METRICS[key] for key in
+                ("examples", "lora", "q4_k_m", "threads", "transformers", "q8_0")}
+    rows = html_page.export_rows(shuffled)
+    assert [row.name for row in rows] == ["transformers", "q4_k_m", "q8_0", "lora"]
+    assert [(row.file, row.note) for row in rows] == [
+        (None, "reference"), ("models/gguf/tuned-q4_k_m.gguf", None),
+        ("models/gguf/tuned-q8_0.gguf", None), ("models/gguf/adapter-f32.gguf", "adapter on the f32 base")]
+    assert [row.template_mismatch for row in rows] == [False, True, False, False]
+    assert html_page.export_settings(shuffled) == [("test examples", 56), ("CPU threads", 2)]
+
+
+def test_report_shows_the_export_table_with_dashes_and_the_drift_marked():
+    html = html_page.build_report(eval_metrics=EVAL_METRICS, export=EXPORT_METRICS)
+    table = export_table(html)
+    assert list(table) == ["transformers", "q8_0", "q4_k_m", "lora"]
+    expected = {name: list(cells) for name, cells in EXPORT_CELLS.items()}
+    expected["q4_k_m"][4] = "!2"  # template_differences > 0: marked like a worse metric
+    assert table == expected
+    section = re.search(r'<section id="export">(.*?)</section>', html, flags=re.DOTALL).group(1)
+    headers = re.findall(r"<th>([^<]+)</th>", section)
+    assert headers == ["model", "task accuracy", "valid JSON", "exact match",
+                       "agreement with transformers", "template differences", "tokens/s",
+                       "speed-up", "file size MB"]
+    assert ("test examples: 56 \u00b7 examples timed: 8 \u00b7 max new tokens: 64 \u00b7 CPU threads: 2"
+            in section)
+    assert "<small>models/gguf/tuned-q4_k_m.gguf</small>" in section
+    assert "(adapter on the f32 base)" in section
+    assert "<code>ollama create NAME -f models/gguf/Modelfile</code>" in section
+    assert "Agreement: the share of test examples where llama.cpp's answer" in section
+
+
+def test_report_without_export_says_it_is_missing():
+    html = html_page.build_report(eval_metrics=EVAL_METRICS)
+    assert "metrics/export.json was not found." in html and 'data-model="' not in html
+
+
+def test_export_summary_is_one_line_per_gguf_file():
+    assert html_page.export_summary(EXPORT_METRICS) == (
+        "llama.cpp q8_0: task accuracy 0.8300, agreement 0.9600, speed-up 5.50\u00d7, 145.2 MB\n"
+        "llama.cpp q4_k_m: task accuracy 0.8000, agreement 0.7500, speed-up 8.44\u00d7, 98.4 MB, "
+        "[bold red]2 template differences[/]\n"
+        "llama.cpp lora: task accuracy 0.8300, agreement 1.0000, speed-up 1.68\u00d7, 3.6 MB")
+
+
 def run_stage(script: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     args = stage_args(Path(script).stem, cwd)
@@ -192,6 +276,29 @@ def test_plot_and_report_stages_end_to_end(fake_run: Path):
     assert html.count("data:image/png;base64,") == 4
     assert html.count('class="sample"') == 3  # report.max_samples in params.yaml
     assert "smollm2-135m-instruct" in html and "0.0002" in html  # params shown
+    assert list(export_table(html)) == ["transformers", "q8_0", "q4_k_m", "lora"]
+    assert ("llama.cpp q4_k_m: task accuracy 0.8000, agreement 0.7500, speed-up 8.44\u00d7, "
+            "98.4 MB, 2 template differences\n") in report_run.stdout
+
+
+@pytest.mark.parametrize("text, error", [
+    ("[1, 2]", "metrics/export.json: expected a JSON object, got list"),
+    ('{"q8_0": {}\n', "metrics/export.json:2: invalid JSON: Expecting ',' delimiter"),
+])
+def test_report_stage_rejects_a_broken_export_json_in_one_line(fake_run: Path, text, error):
+    (fake_run / "metrics/export.json").write_text(text)
+    report_run = run_stage("report.py", fake_run)
+    assert report_run.returncode == 1
+    assert report_run.stderr == f"report: error: {error}\n"
+    assert not (fake_run / "reports/report.html").exists()
+
+
+def test_report_stage_without_export_json_still_writes_the_report(fake_run: Path):
+    (fake_run / "metrics/export.json").unlink()
+    report_run = run_stage("report.py", fake_run)
+    assert report_run.returncode == 0, report_run.stderr
+    assert "llama.cpp" not in report_run.stdout
+    assert "metrics/export.json was not found." in (fake_run / "reports/report.html").read_text()
 
 
 def test_report_stage_fails_clearly_without_eval_metrics(tmp_path: Path):

@@ -211,6 +211,102 @@ def test_bad_requests_are_400_with_openai_error_body(base_url, path, body, param
     assert message in error["message"]
 
 
+# Fields the server does not honour: each a 400 naming it, never silently dropped.
+UNDECLARED = "not supported by this server (refused rather than ignored)"
+REFUSED = [
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}], UNDECLARED),
+    ("tool_choice", "auto", UNDECLARED),
+    ("functions", [{"name": "f"}], UNDECLARED),
+    ("function_call", "auto", UNDECLARED),
+    ("logit_bias", {"50256": -100}, UNDECLARED),
+    ("top_logprobs", 2, UNDECLARED),
+    ("parallel_tool_calls", False, UNDECLARED),
+    ("audio", {"voice": "alloy", "format": "wav"}, UNDECLARED),
+    ("modalities", ["text"], UNDECLARED),
+    ("prediction", {"type": "content", "content": "x"}, UNDECLARED),
+    ("metadata", {"run": "1"}, UNDECLARED),
+    ("temprature", 0.5, UNDECLARED),  # a typo is refused too
+    ("presence_penalty", 0.5, "only 0 is supported by this server (it applies no penalties)"),
+    ("frequency_penalty", -1, "only 0 is supported by this server (it applies no penalties)"),
+    ("store", True, "this server stores no completions; send false or leave it out"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", REFUSED, ids=[r[0] for r in REFUSED])
+def test_fields_the_server_does_not_honour_are_400_naming_them(client, field, value, message):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, extra_body={field: value})
+    assert caught.value.status_code == 400 and caught.value.param == field
+    assert caught.value.body["message"] == f"{field}: {message}"
+
+
+@pytest.mark.parametrize("field, value", [("echo", True), ("best_of", 2), ("suffix", "x")])
+def test_completion_only_fields_are_refused_too(base_url, field, value):
+    response = _post(base_url, "/v1/completions",
+                     {"model": "base", "prompt": "x", "max_tokens": 1, field: value})
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": f"{field}: {UNDECLARED}",
+        "type": "invalid_request_error", "param": field, "code": "unsupported_parameter"}
+
+
+def test_a_field_inside_a_message_is_refused_with_its_path(base_url):
+    response = _post(base_url, "/v1/chat/completions",
+                     {"model": "base", "max_tokens": 1,
+                      "messages": [{"role": "user", "content": "hi", "name": "ann"}]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.0.name"
+
+
+def test_neutral_values_and_outputless_fields_are_accepted(client):
+    plain = chat(client).choices[0].message.content
+    same = chat(client, presence_penalty=0, frequency_penalty=0, n=1, logprobs=False,
+                store=False, user="ticket-42", response_format={"type": "text"},
+                stream_options={"include_usage": None},  # null asks for nothing
+                extra_body={"tools": None, "logit_bias": None})
+    assert same.choices[0].message.content == plain
+
+
+def test_an_answer_sent_back_as_a_message_is_accepted(client):
+    """The client's own message object carries null refusal, tool_calls, ...: not refused."""
+    answer = chat(client).choices[0].message
+    follow_up = client.chat.completions.create(
+        model="base", messages=[*CHAT, answer, {"role": "user", "content": "Why?"}],
+        max_tokens=2, temperature=0)
+    assert follow_up.usage.prompt_tokens > chat(client).usage.prompt_tokens
+
+
+@pytest.mark.parametrize("response_format", [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}},
+])
+def test_json_response_formats_are_for_gguf_models_only(client, response_format):
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(client, response_format=response_format)
+    assert caught.value.param == "response_format"
+    assert caught.value.body["message"] == (f"response_format: {response_format['type']} is "
+                                            "supported for GGUF models only "
+                                            "(`tunelab serve --gguf NAME=FILE`)")
+
+
+@pytest.mark.parametrize("response_format, param, message", [
+    ({"type": "json_schema"}, "response_format", "type json_schema needs the json_schema "
+                                                 'object ({"name": ..., "schema": {...}})'),
+    ({"type": "text", "json_schema": {"name": "a"}}, "response_format",
+     "json_schema is given, but type is 'text'"),
+    ({"type": "xml"}, "response_format.type",
+     "Input should be 'text', 'json_object' or 'json_schema'"),
+    ({"type": "json_schema", "json_schema": {"name": "a", "description": "d"}},
+     "response_format.json_schema.description", UNDECLARED),
+])
+def test_malformed_response_format_is_400(base_url, response_format, param, message):
+    response = _post(base_url, "/v1/chat/completions", {"model": "base", "messages": CHAT,
+                                                        "response_format": response_format})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["message"]) == (param, f"{param}: {message}")
+
+
 def test_oversized_body_is_413_before_parsing(base_url):
     response = _post(base_url, "/v1/completions", b"x" * (server.MAX_BODY_BYTES + 1))
     assert response.status_code == 413
@@ -324,7 +420,8 @@ def test_bench_serve_checks_every_response_of_a_running_server(base_url, tmp_pat
     assert (result["total"], result["bad_requests_sent"], result["server_errors_5xx"],
             result["malformed"], result["unexpected_status"]) == (20, 2, 0, 0, 0)
     assert result["models"] == ["base", *ADAPTERS]
-    assert result["config"] == {"url": base_url, "base": None, "adapters": []}
+    assert result["config"] == {"url": base_url, "base": None, "adapters": [], "gguf": [],
+                                "context": None}
     assert 0 < result["completion_tokens"] <= 18 * 2 and result["failures"] == []
     stdout = capsys.readouterr().out
     assert stdout.endswith(f"\nwrote {out}\n")
@@ -358,10 +455,15 @@ def test_bench_serve_rejects_bad_flags_in_one_line(base_url, tmp_path, capsys):
     from tunelab.cli import main
 
     out = str(tmp_path / "load.json")
-    for flags in (["--output", out], ["--url", base_url, "--base", "x", "--output", out]):
+    for flags in (["--output", out], ["--url", base_url, "--base", "x", "--output", out],
+                  ["--base", "x", "--gguf", "a=b.gguf", "--output", out]):
         assert main(["bench-serve", *flags]) == 2
         assert capsys.readouterr().err == \
-            "tunelab bench-serve: error: give exactly one of --url and --base\n"
+            "tunelab bench-serve: error: give exactly one of --url, --base and --gguf\n"
+    assert main(["bench-serve", "--url", base_url, "--context", "64", "--output", out]) == 2
+    assert capsys.readouterr().err == ("tunelab bench-serve: error: --adapter and --context "
+                                       "configure an own server (--base, --gguf), not one at "
+                                       "--url\n")
     assert main(["bench-serve", "--url", base_url, "--api-key", "wrong", "--output", out]) == 1
     assert capsys.readouterr().err == (f"tunelab bench-serve: error: {base_url}/v1/models "
                                        "answered 401: Incorrect or missing API key: send it "

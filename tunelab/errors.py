@@ -20,6 +20,11 @@ class AdapterError(ModelSourceError):
     (tunelab.adapters' MergeError, ExportError and EnsembleError)."""
 
 
+class DeployError(ModelSourceError):
+    """A GGUF export, a GGUF file or a parity check that fails (tunelab.deploy); the
+    message names the file or params key."""
+
+
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user can fix; the message is one line."""
 

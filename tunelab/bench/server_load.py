@@ -2,16 +2,19 @@
 
     tunelab bench-serve --url http://127.0.0.1:8000 --api-key KEY --output out.json
     tunelab bench-serve --base models/base --adapter tuned=models/adapter --output out.json
+    tunelab bench-serve --gguf base=base.gguf --gguf tuned=models/gguf/tuned-q8_0.gguf \
+        --output out.json
 
-With --base it starts its own server (in this process, on a free
-127.0.0.1 port). Requests rotate over every served model and over chat,
-streamed chat, completion and streamed completion; every 10th request is a bad
-one (malformed JSON, oversized max_tokens, negative temperature, wrong or
-missing key, unknown model) that must get its 4xx. Each response is checked for
-shape (OpenAI JSON, or well-formed server-sent events ending in [DONE]).
-Writes status counts, 5xx, malformed and unexpected responses, and latency
-p50/p95 of the good requests; `tunelab bench-serve` exits 1 if any 5xx, malformed
-or unexpected.
+With --base or --gguf it starts its own server (in this process, on a free 127.0.0.1
+port), loaded as `tunelab serve` loads it (with --gguf: llama.cpp, one worker thread per
+model, so clients of different models run at once and those of one model queue).
+Requests rotate over every served model and over chat, streamed chat, completion and
+streamed completion; every 10th request is a bad one (malformed JSON, oversized
+max_tokens, negative temperature, wrong or missing key, unknown model) that must get
+its 4xx. Each response is checked for shape (OpenAI JSON, or well-formed server-sent
+events ending in [DONE]). Writes status counts, 5xx, malformed and unexpected
+responses, and latency p50/p95 of the good requests; `tunelab bench-serve` exits 1 if
+any 5xx, malformed or unexpected.
 """
 
 from __future__ import annotations
@@ -38,24 +41,26 @@ BAD = tuple(EXPECTED_STATUS)  # the broken requests, taken in turn
 
 def load_test(output: Path, api_key: str, url: str | None = None, base: Path | None = None,
               adapter_specs: list[str] | None = None, clients: int = 8, requests: int = 50,
-              max_tokens: int = 8) -> dict:
-    """Run the load test against ``url``, or against an own server on ``base`` (exactly
-    one of them), write the result to ``output`` and return it. ``api_key`` is the
-    running server's key, or the one the own server requires; ``adapter_specs``
-    (``NAME=DIR``) are served by the own server."""
-    if bool(url) == bool(base):
-        raise ValueError("give exactly one of url and base")
-    adapter_specs = list(adapter_specs or [])
+              max_tokens: int = 8, gguf_specs: list[str] | None = None,
+              context: int | None = None) -> dict:
+    """Run the load test against ``url``, or against an own server on ``base`` or on
+    ``gguf_specs`` (exactly one of the three), write the result to ``output`` and return
+    it. ``api_key`` is the running server's key, or the one the own server requires;
+    ``adapter_specs`` (``NAME=DIR``, with ``base``) and ``gguf_specs`` (``NAME=FILE``,
+    llama.cpp with ``context`` tokens) are served by the own server."""
+    adapter_specs, gguf_specs = list(adapter_specs or []), list(gguf_specs or [])
+    if [bool(url), bool(base), bool(gguf_specs)].count(True) != 1:
+        raise ValueError("give exactly one of url, base and gguf_specs")
     stop_server = None
-    if base:
-        url, stop_server = start_server(base, adapter_specs, api_key)
+    if not url:
+        url, stop_server = start_server(base, adapter_specs, api_key, gguf_specs, context)
     try:
         result = run_load(url, api_key, clients, requests, max_tokens)
     finally:
         if stop_server:
             stop_server()
     result["config"] = {"url": url, "base": str(base) if base else None,
-                        "adapters": adapter_specs}
+                        "adapters": adapter_specs, "gguf": gguf_specs, "context": context}
     from tunelab.util.files import write_json_atomic
 
     write_json_atomic(output, result)
@@ -67,12 +72,13 @@ def failed_responses(result: dict) -> int:
     return result["server_errors_5xx"] + result["malformed"] + result["unexpected_status"]
 
 
-def start_server(base: Path, adapter_specs: list[str], api_key: str):
-    from tunelab.serve import engine, server
+def start_server(base: Path | None, adapter_specs: list[str], api_key: str,
+                 gguf_specs: list[str] = (), context: int | None = None):
+    from tunelab.serve import server
 
-    adapters = server.check_sources(base, [server.parse_adapter_spec(s) for s in adapter_specs],
-                                    "base")
-    loaded = engine.load(base, adapters, on_progress=print)
+    loaded = server.load_engine(base, [server.parse_adapter_spec(s) for s in adapter_specs],
+                                gguf=[server.parse_gguf_spec(s) for s in gguf_specs],
+                                context=context, on_progress=print)
     url, stop_uvicorn = server.start_in_thread(server.create_app(loaded, api_key=api_key))
 
     def stop():

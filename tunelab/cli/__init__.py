@@ -4,11 +4,13 @@
     tunelab validate-config [params.yaml]    check every params section
     tunelab generate --model DIR --prompt TEXT [--compare-base]
     tunelab bench [--steps 5] [--methods lora,lora_packed,qlora,full,baseline]   training speed
-    tunelab bench-serve --url URL | --base DIR --output FILE   `serve` under concurrent clients
+    tunelab bench-serve --url URL | --base DIR | --gguf NAME=FILE --output FILE   `serve` under load
+    tunelab bench-json --gguf NAME=FILE   valid JSON / task accuracy with and without response_format
     tunelab merge --adapters A,B --weights 0.5,0.5 --method linear --output DIR
     tunelab export --adapter DIR --output DIR   adapter folded into a plain model, logits checked
     tunelab ensemble --models A,B --aggregation logit_mean|weighted_vote --prompt TEXT
     tunelab serve --base DIR --adapter NAME=DIR [--host 127.0.0.1 --port 8000]   OpenAI-compatible API
+    tunelab serve --gguf NAME=FILE [--gguf NAME=FILE ...]   the same API for GGUF files (llama.cpp)
     tunelab watch --incoming DIR [--once --min-gain X --metric tuned.task_accuracy]   continuous learning
     tunelab sweep FILE | lr-test | sweep-report [--apply-best] | check --baseline REV   sweeps, gate
     tunelab verify-repro [--tolerance 0]   rerun train + evaluate, compare metrics with the workspace

@@ -49,6 +49,16 @@ def adapter_spec(text: str) -> tuple[str, Path]:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def gguf_spec(text: str) -> tuple[str, Path]:
+    """``NAME=FILE`` of `tunelab serve --gguf` (and `tunelab bench-serve --gguf`)."""
+    from tunelab.serve import server
+
+    try:
+        return server.parse_gguf_spec(text)
+    except ValueError as err:  # argparse would print only "invalid gguf_spec value"
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def learning_rates(text: str) -> list[float]:
     """`tunelab lr-test --rates 1e-4,3e-4`; empty items are skipped."""
     try:

@@ -8,7 +8,7 @@ import importlib
 from tunelab.errors import MissingExtraError
 
 # extra -> the modules it installs that the commands import
-EXTRAS = {"serve": ("fastapi", "uvicorn"), "bench": ("httpx",)}
+EXTRAS = {"serve": ("fastapi", "uvicorn"), "bench": ("httpx", "openai"), "gguf": ("llama_cpp",)}
 
 
 def require_extra(extra: str) -> None:

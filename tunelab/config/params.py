@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, RootModel, model_validator
+from pydantic import BaseModel, Field, RootModel, field_validator, model_validator
 
 from tunelab.config.schema import (Bool, Float, Int, Names, Section, Str, StepLimit, choice,
                                    complaint, is_model, parse)
@@ -30,6 +30,10 @@ Precision = choice("auto", "bf16", "fp16", "fp32")
 QuantBits = choice(4, 8)
 QuantType = choice("nf4", "fp4")
 Better = choice("higher", "lower")
+# llama.cpp's GGUF file types (its LLAMA_FTYPE_MOSTLY_* names, lower case): full precision,
+# 8-bit, the k-quants and the older block types.
+GgufType = choice("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0",
+                  "q4_k_m", "q4_k_s", "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
 
 
 class ModelParams(Section):
@@ -108,6 +112,21 @@ class EvaluateParams(Section):
     max_examples: Int = Field(0, ge=0)
 
 
+class ExportParams(Section):
+    quantizations: list[GgufType] = Field(default_factory=lambda: ["q8_0", "q4_k_m"])
+    lora: Bool = True
+    allow_template_drift: Bool = False
+    speed_examples: Int = Field(8, gt=0)
+    threads: Int = Field(0, ge=0)
+
+    @field_validator("quantizations")
+    @classmethod
+    def _each_type_once(cls, quantizations):
+        if not quantizations or len(set(quantizations)) != len(quantizations):
+            raise complaint(f"a list of one or more types, each once, got {quantizations}")
+        return quantizations
+
+
 class PlotParams(Section):
     dpi: Int = Field(100, gt=0)
 
@@ -161,6 +180,7 @@ SECTIONS = {
     "validate": ValidateParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "export": ExportParams,
     "plot": PlotParams,
     "report": ReportParams,
     "check": CheckParams,

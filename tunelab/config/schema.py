@@ -10,7 +10,7 @@ one line naming the file, the dotted key and the reason.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, RootModel,
@@ -115,7 +115,8 @@ def reason(model: type[BaseModel], err: dict) -> str:
     kind, loc, value = err["type"], err["loc"], err.get("input")
     if kind == TUNELAB_ERROR:
         return err["msg"]
-    holder = model_at(model, loc[:-1]) if loc else model
+    keys = tuple(part for part in loc if not isinstance(part, int))  # list positions out
+    holder = model_at(model, keys[:-1]) if keys else model
     if kind == "extra_forbidden":
         known = [field.alias or name for name, field in holder.model_fields.items()]
         return f"unknown key{did_you_mean(loc[-1], known)}"
@@ -123,13 +124,19 @@ def reason(model: type[BaseModel], err: dict) -> str:
         return f"expected a mapping, got {type(value).__name__}"
     if kind == "finite_number":
         return f"must be a finite number, got {value}"
-    field = holder.model_fields.get(loc[-1]) if loc else None
+    field = holder.model_fields.get(keys[-1]) if keys else None
     if kind == "literal_error" and field is not None:
-        options = get_args(field.annotation)
+        options = get_args(item_type(field.annotation) if keys != loc else field.annotation)
         return f"must be one of {', '.join(map(str, options))}, got {value!r}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return f"must be {bounds(field.metadata)}, got {value}"
     return err["msg"]
+
+
+def item_type(annotation):
+    """The choice inside ``list[choice(...)]``, without its validator."""
+    item = get_args(annotation)[0]
+    return get_args(item)[0] if get_origin(item) is Annotated else item
 
 
 def bounds(metadata: list) -> str:

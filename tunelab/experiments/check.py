@@ -5,7 +5,9 @@ got worse than allowed.
 
 Metric names (here and in sweep files) are dotted keys of metrics/eval.json, such
 as ``tuned.task_accuracy``; a name starting with ``train.`` is a key of
-metrics/train/summary.json instead (``train.eval_loss``: the validation loss).
+metrics/train/summary.json instead (``train.eval_loss``: the validation loss), and one
+starting with ``export.`` a key of metrics/export.json, the GGUF parity check
+(``export.q8_0.agreement``, ``export.q4_k_m.template_differences``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from tunelab.experiments import repo
 from tunelab.util.names import did_you_mean, lookup
 
 EVAL_METRICS = "metrics/eval.json"
-METRIC_FILES = {"train": "metrics/train/summary.json"}  # name prefix -> file
+METRIC_FILES = {"train": "metrics/train/summary.json",  # name prefix -> file
+                "export": "metrics/export.json"}
 # Below this a change is float noise from rounding in the metrics files.
 NOISE = 1e-9
 
@@ -117,9 +120,10 @@ def gate_rows(diff: dict, tolerances: dict) -> list[GateRow]:
         file, key = locate_metric(name)
         entry = diff.get(file, {}).get(key)
         if entry is None:
-            known = [n for f, keys in diff.items() for n in keys]
+            # Suggest keys of the same file, under the name's prefix (train., export.).
+            hint = did_you_mean(key, diff.get(file, {}), prefix=name[: len(name) - len(key)])
             raise DataError(f"params.yaml: check.{name}: no such metric in {file} of the "
-                            f"workspace or the baseline{did_you_mean(key, known)}")
+                            f"workspace or the baseline{hint}")
         rows.append(judge(name, rule, metric_number(entry.get("old")),
                           metric_number(entry.get("new"))))
     return rows

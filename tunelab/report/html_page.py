@@ -1,4 +1,5 @@
-"""One self-contained HTML report of a run, plus the same metrics as a rich table.
+"""One self-contained HTML report of a run, plus the same metrics as a rich table; with
+metrics/export.json, the GGUF files for llama.cpp / Ollama next to the transformers model.
 
 The HTML has no external resources at all (plots are base64 data URIs, CSS is
 inline) so it can be mailed, attached to a PR or opened offline as is.
@@ -20,7 +21,7 @@ from tunelab.eval.metric_names import lower_is_better, metric_number
 from tunelab.report import templating
 from tunelab.util.names import flatten
 
-REPORTED_PARAM_SECTIONS = ("model", "prepare", "train", "evaluate")
+REPORTED_PARAM_SECTIONS = ("model", "prepare", "train", "evaluate", "export")
 DEFAULT_MAX_SAMPLES = 10
 SAMPLE_FIELDS = ("prompt", "reference", "base", "tuned")
 
@@ -34,6 +35,17 @@ PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned on the 0..1 metrics",
                  "loss": "Training and evaluation loss", "learning_rate": "Learning rate schedule",
                  "grad_norm": "Gradient norm during training"}
 STATUS_STYLES = {"improved": "green", "worse": "red", "same": "dim", "n/a": "dim"}
+
+# metrics/export.json (the export stage): one object per model, "transformers" the reference
+# the GGUF files are compared with, "lora" the adapter GGUF applied to a base GGUF.
+EXPORT_REFERENCE, EXPORT_ADAPTER = "transformers", "lora"
+EXPORT_COLUMNS = {"task_accuracy": "task accuracy", "json_valid": "valid JSON",
+                  "exact_match": "exact match", "agreement": "agreement with transformers",
+                  "template_differences": "template differences", "tokens_per_second": "tokens/s",
+                  "speedup": "speed-up", "size_mb": "file size MB"}
+EXPORT_SETTING_LABELS = {"examples": "test examples", "speed_examples": "examples timed",
+                         "max_new_tokens": "max new tokens", "threads": "CPU threads"}
+MISSING_CELL = "\u2014"  # an em dash: this model has no such number
 
 
 @dataclass
@@ -83,9 +95,76 @@ def summary_table(eval_metrics: dict) -> Table:
     return table
 
 
+@dataclass
+class ExportRow:
+    """One model of metrics/export.json as the report shows it: cells keyed like
+    EXPORT_COLUMNS, already formatted."""
+    name: str
+    file: str | None
+    note: str | None  # "reference"; the lora row's base file type
+    cells: dict[str, str]
+    template_differences: float | None
+
+    @property
+    def template_mismatch(self) -> bool:
+        """llama.cpp renders some prompt into other tokens than transformers did."""
+        return self.template_differences is not None and self.template_differences > 0
+
+
+def export_rows(export: dict) -> list[ExportRow]:
+    """The models of metrics/export.json: transformers first, the GGUF files in file order,
+    the lora adapter last; top-level numbers (the settings) are no model."""
+    models = [name for name, value in export.items() if isinstance(value, dict)]
+    models.sort(key=lambda name: (name != EXPORT_REFERENCE, name == EXPORT_ADAPTER))
+    rows = []
+    for name in models:
+        entry = export[name]
+        note = "reference" if name == EXPORT_REFERENCE else None
+        if entry.get("base_file_type"):
+            note = f"adapter on the {entry['base_file_type']} base"
+        rows.append(ExportRow(name, entry.get("file"), note,
+                              {key: export_cell(key, entry.get(key)) for key in EXPORT_COLUMNS},
+                              metric_number(entry.get("template_differences"))))
+    return rows
+
+
+def export_cell(key: str, value) -> str:
+    """Rates and sizes to one decimal, the speed-up as a factor, scores like the metrics table."""
+    number = metric_number(value)
+    if number is None:
+        return MISSING_CELL
+    if key in ("tokens_per_second", "size_mb"):
+        return f"{number:,.1f}"
+    if key == "speedup":
+        return f"{number:.2f}\u00d7"
+    return format_value(value)
+
+
+def export_settings(export: dict) -> list[tuple[str, object]]:
+    """The top-level numbers of metrics/export.json (how the parity check ran), labelled."""
+    return [(EXPORT_SETTING_LABELS.get(key, key), value) for key, value in export.items()
+            if not isinstance(value, dict)]
+
+
+def export_summary(export: dict) -> str:
+    """One rich-markup line per GGUF model for the console: the numbers that decide whether
+    to ship it."""
+    lines = []
+    for row in export_rows(export):
+        if row.name == EXPORT_REFERENCE:
+            continue
+        line = (f"llama.cpp {row.name}: task accuracy {row.cells['task_accuracy']}, "
+                f"agreement {row.cells['agreement']}, speed-up {row.cells['speedup']}, "
+                f"{row.cells['size_mb']} MB")
+        if row.template_mismatch:
+            line += f", [bold red]{row.cells['template_differences']} template differences[/]"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def build_report(*, eval_metrics: dict, params: dict | None = None, samples: list[dict] | None = None,
                  data_stats: dict | None = None, validation: dict | None = None,
-                 plot_paths: Iterable[str | os.PathLike] = (), max_samples: int = DEFAULT_MAX_SAMPLES,
+                 export: dict | None = None, plot_paths: Iterable[str | os.PathLike] = (), max_samples: int = DEFAULT_MAX_SAMPLES,
                  title: str = "tunelab report") -> str:
     """Render the whole report to one HTML string.
 
@@ -109,6 +188,9 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
         param_sections=param_sections,
         data_stats=None if data_stats is None else table_rows(data_stats),
         validation=None if validation is None else table_rows(validation),
+        export_columns=EXPORT_COLUMNS,
+        export_rows=None if export is None else export_rows(export),
+        export_settings=None if export is None else export_settings(export),
         plots=[_embed_png(path) for path in sorted(map(Path, plot_paths), key=_plot_sort_key)],
         # Missing fields render empty: one odd row must not sink the whole report.
         samples=[{field: str(sample.get(field, "")) for field in SAMPLE_FIELDS}

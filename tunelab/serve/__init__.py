@@ -1,7 +1,9 @@
 """tunelab.serve: the OpenAI-compatible HTTP API (`tunelab serve`).
 
-Owns the FastAPI app with its key check and error shapes (server), the engine that loads
-the base and adapters once and generates, streaming or not (engine), and the request and
-response schemas (schemas). May import tunelab.eval, tunelab.models, tunelab.data,
-tunelab.config, tunelab.util and tunelab.errors.
+Owns the FastAPI app with its key check and error shapes (server), the two engines
+behind it: one base and its adapters with transformers (engine) or GGUF files with
+llama.cpp (gguf_engine), what they share (jobs: the worker-thread jobs, the pending
+limit, token ids to text), and the request and response schemas (schemas). May import
+tunelab.deploy (llama_runtime: the llama.cpp the parity check uses), tunelab.eval,
+tunelab.models, tunelab.data, tunelab.config, tunelab.util and tunelab.errors.
 """

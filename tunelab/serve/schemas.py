@@ -1,18 +1,24 @@
 """Request schemas, response bodies and errors of the OpenAI-compatible server.
 
 The field names, defaults, ranges and error shape follow the OpenAI API, so the
-official clients work unchanged; what the server cannot do (n > 1) is refused
-with a 400 rather than silently ignored. Unknown fields are ignored, as OpenAI's
-own clients send newer ones (``stream_options``, ``user``, ...) freely.
+official clients work unchanged. No field is silently ignored: every request model
+refuses what it does not declare (a 400 naming the field: ``tools``, ``logit_bias``,
+``echo``, a typo), and a declared field the server cannot honour in some value is
+refused in that value (``n`` > 1, ``logprobs``, non-zero penalties, ``store`` true).
+A field sent as null asks for nothing, so it passes whatever its name. Besides what
+changes the answer, ``user`` alone is accepted: it only names the caller's end user
+(OpenAI uses it for abuse monitoring) and changes no output, and clients pass it
+through. ``metadata`` is refused: it labels stored completions, and this server
+stores none, so it would be lost without a word.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ApiError(Exception):
@@ -33,14 +39,32 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-class TextPart(BaseModel):
+def model_not_found(name: str, names: list[str]) -> ApiError:
+    return ApiError(404, f"The model '{name}' does not exist; this server has: "
+                    f"{', '.join(names)}", param="model", code="model_not_found")
+
+
+class StrictModel(BaseModel):
+    """Refuses undeclared fields (server._validation_error names them in the 400). A field
+    sent as null is dropped first: null asks for nothing (OpenAI's "not given"), so an
+    undeclared one passes and a declared one takes its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data):
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(StrictModel):
     # "developer" is OpenAI's newer name for "system".
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
@@ -51,14 +75,34 @@ class ChatMessage(BaseModel):
         return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
-    """Fields shared by chat and text completions."""
+class JsonSchemaFormat(StrictModel):
+    # OpenAI's rule for the name; ``description`` (a hint to the model) is not declared:
+    # nothing here would show it to the model.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # none: any object
+    strict: bool | None = None  # a grammar holds to the schema either way
 
-    model_config = ConfigDict(extra="ignore")
+
+class ResponseFormat(StrictModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs the json_schema object "
+                             "({\"name\": ..., \"schema\": {...}})")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is given, but type is {self.type!r}")
+        return self
+
+
+class SamplingRequest(StrictModel):
+    """Fields shared by chat and text completions."""
 
     model: str = Field(min_length=1)
     stream: bool = False
@@ -71,6 +115,11 @@ class SamplingRequest(BaseModel):
     seed: int | None = None
     n: int | None = Field(default=None, ge=1)
     logprobs: bool | int | None = None
+    response_format: ResponseFormat | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    store: bool | None = None
+    user: str | None = None  # changes no output; see the module docstring
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +142,20 @@ class SamplingRequest(BaseModel):
         if logprobs:  # refused rather than silently answered without them
             raise ValueError("logprobs are not supported by this server")
         return logprobs
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, penalty):
+        if penalty:
+            raise ValueError("only 0 is supported by this server (it applies no penalties)")
+        return penalty
+
+    @field_validator("store")
+    @classmethod
+    def _nothing_stored(cls, store):
+        if store:
+            raise ValueError("this server stores no completions; send false or leave it out")
+        return store
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -1,14 +1,16 @@
 """`tunelab serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) for one base
-model and its LoRA adapters, each chosen per request by the ``model`` field.
+model and its LoRA adapters (tunelab.serve.engine, transformers), or for GGUF files
+(tunelab.serve.gguf_engine, llama.cpp), each chosen per request by the ``model`` field.
 
     GET  /health                 liveness, no key needed
-    GET  /v1/models              the base and every adapter
+    GET  /v1/models              every served model (base and adapters, or GGUF names)
     POST /v1/chat/completions    chat template applied; ``stream`` = server-sent events
     POST /v1/completions         raw prompt text
 
 Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
 400 for a bad request (also malformed JSON and schema errors, not FastAPI's 422),
-401 for a missing or wrong key, 404 for an unknown model or route.
+401 for a missing or wrong key, 404 for an unknown model or route, 429 when too many
+requests are pending. A field the server does not honour is a 400 naming it (schemas).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations,
@@ -24,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.deploy.llama_runtime import DEFAULT_CONTEXT
 from tunelab.serve.schemas import (ApiError, ChatCompletionRequest, CompletionRequest,
                                    SamplingRequest, chat_chunk, chat_response, completion_chunk,
                                    completion_response, error_body, new_id, usage)
@@ -34,14 +37,14 @@ DEFAULT_BASE = "models/base"
 DEFAULT_MAX_TOKENS_LIMIT = 512
 API_KEY_ENV = "TUNELAB_API_KEY"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # far above any prompt a 2k-8k context model can take
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 log = logging.getLogger("tunelab.serve.server")
 
 
 def create_app(engine, api_key: str | None = None,
                max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT):
-    """The FastAPI app serving ``engine`` (a tunelab.serve.engine.Engine)."""
+    """The FastAPI app serving ``engine`` (an engine.Engine or a gguf_engine.GgufEngine)."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import StreamingResponse
@@ -99,17 +102,19 @@ def create_app(engine, api_key: str | None = None,
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         engine.check_model(body.model)
-        prompt = engine.chat_prompt([m.as_template_message() for m in body.messages])
+        prompt = engine.chat_prompt(body.model,
+                                    [m.as_template_message() for m in body.messages])
         return await respond(body, prompt, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         engine.check_model(body.model)
-        return await respond(body, engine.text_prompt(body.prompt), chat=False)
+        return await respond(body, engine.text_prompt(body.model, body.prompt), chat=False)
 
     async def respond(body: SamplingRequest, prompt: list[int], chat: bool):
+        constraint = engine.constraint(body.model, body.response_format)  # 400 if unusable
         job = engine.submit(
-            model=body.model, prompt_ids=prompt,
+            model=body.model, prompt_ids=prompt, constraint=constraint,
             max_new_tokens=_max_new_tokens(body, len(prompt), engine.max_context,
                                            max_tokens_limit),
             temperature=1.0 if body.temperature is None else body.temperature,
@@ -215,10 +220,13 @@ def _validation_error(errors) -> ApiError:
     where = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(where) or None
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    code = first.get("type")
+    if code == "extra_forbidden":  # a field the schemas do not declare; OpenAI's code for it
+        message, code = "not supported by this server (refused rather than ignored)", \
+            "unsupported_parameter"
     if not param:  # the body as a whole: not an object, or not sent as JSON
         message = f"request body: {message} (send a JSON object, Content-Type: application/json)"
-    return ApiError(400, f"{param}: {message}" if param else message, param=param,
-                    code=first.get("type"))
+    return ApiError(400, f"{param}: {message}" if param else message, param=param, code=code)
 
 
 def _error_response(err: ApiError):
@@ -238,7 +246,9 @@ def start_in_thread(app, host: str = DEFAULT_HOST, timeout: float = 60):
     listener = socket.socket()
     listener.bind((host, 0))  # bound here and handed over: no race for the port
     port = listener.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    # log_config=None: leave the host process's logging as it is (uvicorn's own setup would
+    # replace its handlers, pytest's capture among them).
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", log_config=None))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [listener]}, daemon=True,
                               name="tunelab-uvicorn")
     thread.start()
@@ -285,25 +295,70 @@ def check_sources(base: Path, adapters: list[tuple[str, Path]], base_name: str) 
     return named
 
 
-def serve(base: Path, adapters: list[tuple[str, Path]], base_name: str = "base",
-          host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str | None = None,
-          max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, threads: int | None = None) -> int:
-    """Check the folders, load the models and serve them until stopped."""
-    import uvicorn
+def check_gguf_sources(gguf: list[tuple[str, Path]], base: Path | None = None,
+                       adapters: list[tuple[str, Path]] = (), context: int | None = None) -> dict:
+    """{name: GGUF file}, or a one-line error before anything loads. ``base`` and
+    ``adapters`` must be absent: llama.cpp serves whole GGUF models only."""
+    from tunelab.errors import DeployError, ModelSourceError
 
-    from tunelab.serve import engine
+    if not gguf:
+        if context is not None:
+            raise ModelSourceError("--context is llama.cpp's KV cache: it needs --gguf (a "
+                                   "transformers model's context is its max_position_embeddings)")
+        return {}
+    if adapters:
+        raise ModelSourceError("--adapter cannot be combined with --gguf: serve each adapter as "
+                               "a GGUF model instead (`dvc repro export` writes "
+                               "models/gguf/tuned-TYPE.gguf), e.g. --gguf tuned=FILE")
+    if base is not None:
+        raise ModelSourceError("--base cannot be combined with --gguf: give the base as a GGUF "
+                               "file too, e.g. --gguf base=FILE")
+    named: dict[str, Path] = {}
+    for name, path in gguf:
+        if name in named:
+            raise ModelSourceError(f"--gguf {name}={path}: the name '{name}' is already taken")
+        if not path.is_file():
+            raise DeployError(f"--gguf {name}={path}: " + (
+                "a folder, not a GGUF file" if path.is_dir() else "file not found"))
+        named[name] = path
+    return named
 
+
+def load_engine(base: Path | None, adapters: list[tuple[str, Path]], base_name: str = "base",
+                gguf: list[tuple[str, Path]] = (), context: int | None = None,
+                threads: int | None = None, on_progress=lambda line: None):
+    """Check every source in one line, then load: the GGUF files with llama.cpp when
+    ``gguf`` is given, else ``base`` (default models/base) and its adapters."""
+    files = check_gguf_sources(gguf, base, adapters, context)
+    if files:
+        from tunelab.serve import gguf_engine
+
+        return gguf_engine.load(files, context=context or DEFAULT_CONTEXT, threads=threads,
+                                on_progress=on_progress)
+    base = Path(base or DEFAULT_BASE)
     named = check_sources(base, adapters, base_name)
-    api_key = resolve_api_key(api_key)
-    if not api_key and not _is_loopback(host):
-        print(f"warning: serving on {host} without an API key: anyone who can reach this "
-              f"port can use the model (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    loaded = engine.load(base, named, base_name,
+    from tunelab.serve import engine
+
+    return engine.load(base, named, base_name, on_progress=on_progress)
+
+
+def serve(base: Path | None, adapters: list[tuple[str, Path]], base_name: str = "base",
+          host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, api_key: str | None = None,
+          max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, threads: int | None = None,
+          gguf: list[tuple[str, Path]] = (), context: int | None = None) -> int:
+    """Check the sources, load the models and serve them until stopped."""
+    import uvicorn
+
+    loaded = load_engine(base, adapters, base_name, gguf, context, threads,
                          on_progress=lambda line: print(line, file=sys.stderr))
+    api_key = resolve_api_key(api_key)
+    if not api_key and not _is_loopback(host):
+        print(f"warning: serving on {host} without an API key: anyone who can reach this "
+              f"port can use the model (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
     app = create_app(loaded, api_key=api_key, max_tokens_limit=max_tokens_limit)
     print(f"serving {', '.join(loaded.names)} on http://{host}:{port}/v1"
           + (" (API key required)" if api_key else ""), file=sys.stderr)
@@ -316,10 +371,19 @@ def serve(base: Path, adapters: list[tuple[str, Path]], base_name: str = "base",
 
 def parse_adapter_spec(text: str) -> tuple[str, Path]:
     """``NAME=DIR`` (``--adapter``) as (name, folder); ValueError when it is not one."""
-    name, sep, folder = text.partition("=")
-    if not sep or not folder or not ADAPTER_NAME.match(name):
-        raise ValueError(f"expected NAME=DIR (NAME of letters, digits, . _ : -), got {text!r}")
-    return name, Path(folder)
+    return _parse_spec(text, "DIR")
+
+
+def parse_gguf_spec(text: str) -> tuple[str, Path]:
+    """``NAME=FILE`` (``--gguf``) as (name, file); ValueError when it is not one."""
+    return _parse_spec(text, "FILE")
+
+
+def _parse_spec(text: str, what: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not path or not MODEL_NAME.match(name):
+        raise ValueError(f"expected NAME={what} (NAME of letters, digits, . _ : -), got {text!r}")
+    return name, Path(path)
 
 
 def _is_loopback(host: str) -> bool:

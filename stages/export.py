@@ -1,0 +1,67 @@
+"""Stage: the tuned model as GGUF for llama.cpp and Ollama, checked against transformers.
+
+Usage (dvc.yaml): python stages/export.py BASE_DIR ADAPTER_DIR TEST_FILE EVAL_METRICS SAMPLES
+                  GGUF_DIR EXPORT_METRICS
+Reads params `export`, `evaluate` (max_new_tokens, max_examples: the evaluation's
+examples and budget) and `prepare.system_prompt` (the Modelfile's SYSTEM); writes
+GGUF_DIR (tuned-TYPE.gguf per export.quantizations, adapter-f32.gguf, Modelfile) and
+EXPORT_METRICS (tunelab.deploy.parity). A prompt-template difference fails the stage
+unless export.allow_template_drift; then nothing is written.
+"""
+
+import os
+from pathlib import Path
+
+from tunelab import pipeline
+from tunelab.config import params
+from tunelab.data import encoding
+from tunelab.deploy import build, parity
+from tunelab.errors import DataError, DeployError
+from tunelab.eval.inference import resolve_model
+from tunelab.models import loading
+from tunelab.util import files
+
+
+def main(base_dir: str, adapter_dir: str, test_file: str, eval_metrics: str, samples: str,
+         gguf_dir: str, export_metrics: str) -> int:
+    p = params.load("export")
+    resolve_model(adapter_dir, base_dir)  # a missing or wrong folder: one line, before any work
+    evaluate = params.load("evaluate")
+    system_prompt = params.load("prepare").system_prompt
+    examples = files.read_jsonl(test_file)[:evaluate.max_examples or None]
+    if not parity.chat_examples(examples):
+        raise DataError(f"{test_file}: no chat examples to check the GGUF files on")
+    reference = [row["tuned"] for row in files.read_jsonl(samples)]
+    threads = p.threads or os.cpu_count()
+
+    model, tokenizer = loading.load_trained(base_dir, adapter_dir)
+    if not tokenizer.chat_template:
+        raise DeployError(f"{adapter_dir}: its tokenizer has no chat template, so no GGUF chat "
+                          "template or Ollama TEMPLATE can be written (set one on the base model)")
+    prompts = [encoding.prompt_ids(tokenizer, e) for e in parity.chat_examples(examples)]
+    speed = parity.transformers_speed(model, tokenizer, prompts[:p.speed_examples],
+                                      evaluate.max_new_tokens)
+    del model
+    with files.atomic_path(gguf_dir) as staging, build.scratch_folder() as work:
+        contenders = build.write(
+            Path(base_dir), Path(adapter_dir), staging, Path(gguf_dir), Path(work),
+            p.quantizations, p.lora, tokenizer, system_prompt, evaluate.max_new_tokens,
+            check_prompts=[encoding.split_prompt(e)[0] for e in parity.chat_examples(examples)])
+        result = parity.check(contenders, tokenizer, examples, reference,
+                              files.read_json(eval_metrics)["tuned"], speed,
+                              evaluate.max_new_tokens, p.speed_examples, threads)
+        drift = parity.template_drift(result)
+        if drift and not p.allow_template_drift:
+            shown = ", ".join(f"{name}: {count}" for name, count in drift.items())
+            raise DeployError(f"export: llama.cpp builds other prompt tokens than the trainer "
+                              f"from the GGUF's chat template ({shown} of {result['examples']} "
+                              f"examples); {gguf_dir} not written (export.allow_template_drift: "
+                              "true to ship it anyway)")
+    files.write_json_atomic(export_metrics, result)
+    print(f"export: wrote {gguf_dir}/ and {export_metrics}; next: "
+          f"ollama create NAME -f {gguf_dir}/{build.MODELFILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    pipeline.run(main, "export")

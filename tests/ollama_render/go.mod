@@ -1,0 +1,3 @@
+module tunelab/ollama_render
+
+go 1.19

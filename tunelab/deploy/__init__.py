@@ -1,0 +1,9 @@
+"""Deploy: the tuned model as files llama.cpp and Ollama run, and proof they still do the task.
+
+Owns the GGUF conversion (llama.cpp's own convert scripts and quantizer), the Ollama
+Modelfile, the llama.cpp runtime (llama-cpp-python) that the parity check and
+`tunelab serve --gguf` share, and the parity check itself (task metrics, agreement
+with transformers, prompt-token equality, speed).
+May import tunelab.adapters, tunelab.eval, tunelab.models, tunelab.data, tunelab.config,
+tunelab.util and tunelab.errors.
+"""

@@ -1,0 +1,125 @@
+"""Run a GGUF file with llama.cpp (llama-cpp-python): load, build chat prompts, generate.
+
+One module for the parity check and `tunelab serve --gguf`, so what is served is what
+was checked. Chat prompts are built the way llama-cpp-python's own chat completion
+does from a GGUF: the ``tokenizer.chat_template`` stored in the file, rendered by its
+``Jinja2ChatFormatter`` with the file's BOS/EOS texts, then tokenized with special
+tokens parsed and no extra BOS (the template writes any it wants). Generation stops at
+any end-of-generation token of the vocabulary (llama.cpp's ``llama_vocab_is_eog``);
+that token is returned with the others, as transformers' ``generate`` returns EOS.
+A llama.cpp context is not thread-safe: callers use one model from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from tunelab.errors import DeployError
+
+DEFAULT_CONTEXT = 2048  # tokens of KV cache; raise it for long prompts (memory grows with it)
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]      # generated ids, the end-of-generation token included
+    text: str                 # decoded, special tokens left out, stripped
+    seconds: float            # wall time of prompt processing plus generation
+
+
+def load(path: str | Path, context: int = DEFAULT_CONTEXT, threads: int | None = None,
+         lora: str | Path | None = None):
+    """A ``llama_cpp.Llama`` for ``path`` (plus a GGUF LoRA); one line naming the file if
+    it cannot load."""
+    from llama_cpp import Llama
+
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"{path}: GGUF file not found")
+    if lora is not None and not Path(lora).is_file():
+        raise DeployError(f"{lora}: GGUF LoRA file not found")
+    try:
+        # seed fixed: sampled answers repeat for the same request seed (set per request).
+        return Llama(model_path=str(path), n_ctx=context, n_threads=threads or os.cpu_count(),
+                     n_threads_batch=threads or os.cpu_count(), seed=0, verbose=False,
+                     lora_path=str(lora) if lora else None)
+    except (ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DeployError(f"{path}: llama.cpp cannot load this GGUF file ({reason})") from None
+
+
+def context_size(llm) -> int:
+    """Tokens a prompt plus its answer may fill. llama.cpp rounds the context it allocates
+    up (to 256 tokens), but llama-cpp-python sizes its token buffer to the one asked for."""
+    return min(llm.n_ctx(), llm.context_params.n_ctx)
+
+
+def chat_template(llm) -> str:
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise DeployError(f"{llm.model_path}: the GGUF file has no tokenizer.chat_template; "
+                          "chat prompts cannot be built (use completions with raw text)")
+    return template
+
+
+def chat_prompt_tokens(llm, messages: list[dict]) -> list[int]:
+    """Prompt token ids for ``messages``, ending where the assistant's answer starts."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    model = llm._model  # llama-cpp-python's own handler reads the BOS/EOS text from here
+    eos, bos = llm.token_eos(), llm.token_bos()
+    formatter = Jinja2ChatFormatter(template=chat_template(llm),
+                                    eos_token=model.token_get_text(eos) if eos != -1 else "",
+                                    bos_token=model.token_get_text(bos) if bos != -1 else "",
+                                    add_generation_prompt=True)
+    rendered = formatter(messages=messages)
+    return text_tokens(llm, rendered.prompt, add_bos=not rendered.added_special)
+
+
+def text_tokens(llm, text: str, add_bos: bool = True) -> list[int]:
+    """Token ids of raw text (special tokens parsed); ``add_bos``: as the model's vocab says."""
+    return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+def decode(llm, token_ids: list[int]) -> str:
+    """Text of ``token_ids`` without special tokens (a split UTF-8 character shows as U+FFFD)."""
+    return llm.detokenize(token_ids, special=False).decode("utf-8", errors="replace")
+
+
+def is_end_of_generation(llm, token_id: int) -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(llm.model),
+                                             token_id))
+
+
+def stream_ids(llm, prompt: list[int], max_new_tokens: int, temperature: float = 0.0,
+               top_p: float = 1.0, seed: int | None = None, grammar=None,
+               cancelled: Callable[[], bool] = lambda: False) -> Iterator[int]:
+    """Generated token ids one by one: greedy when ``temperature`` or ``top_p`` is 0, else
+    plain temperature + nucleus sampling (no top-k, min-p or repeat penalty, as OpenAI's
+    API and transformers' defaults in tunelab). Ends after an end-of-generation token."""
+    if len(prompt) + max_new_tokens > context_size(llm):
+        raise DeployError(f"prompt ({len(prompt)} tokens) plus {max_new_tokens} new tokens "
+                          f"exceed the llama.cpp context of {context_size(llm)} tokens")
+    llm.reset()  # no KV-cache reuse from the previous prompt: every answer is computed alike
+    if seed is not None:
+        llm.set_seed(seed)
+    greedy = temperature == 0 or top_p == 0
+    sampling = {"temp": 0.0} if greedy else \
+        {"temp": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0}
+    produced = 0
+    for token_id in llm.generate(prompt, repeat_penalty=1.0, grammar=grammar, **sampling):
+        yield token_id
+        produced += 1
+        if produced >= max_new_tokens or is_end_of_generation(llm, token_id) or cancelled():
+            return
+
+
+def generate(llm, prompt: list[int], max_new_tokens: int, **sampling) -> Generation:
+    start = time.perf_counter()
+    ids = list(stream_ids(llm, prompt, max_new_tokens, **sampling))
+    return Generation(ids, decode(llm, ids).strip(), time.perf_counter() - start)
