@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunelab-setup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup go-toolchain run test test-fast bench train-multi multitask verify sweep lr-test check serve
+.PHONY: setup go-toolchain run test test-fast bench train-multi multitask verify sweep lr-test check serve serve-gguf
 
 setup: $(STAMP)
 
@@ -93,3 +93,9 @@ check: setup
 # set TUNELAB_API_KEY to require a key. More: make serve SERVE_ARGS="--port 9000".
 serve: setup
 	tunelab serve --base models/base --adapter tuned=models/adapter $(SERVE_ARGS)
+
+# The same API for the export stage's GGUF, run by llama.cpp:
+# make serve-gguf GGUF=models/gguf/tuned-q4_k_m.gguf
+GGUF ?= models/gguf/tuned-q8_0.gguf
+serve-gguf: setup
+	tunelab serve --gguf tuned=$(GGUF) $(SERVE_ARGS)
