@@ -26,9 +26,11 @@ PARAMS = {"evaluate": {"max_new_tokens": 10},
           "export": {"quantizations": ["f32", "q8_0"], "speed_examples": 2, "threads": 2}}
 
 
-def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer) -> Path:
-    """models/base, models/adapter, the test split, and eval.json/samples.jsonl as the
-    evaluate stage writes them (the transformers answers, greedy, one at a time)."""
+def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer,
+                   method: str = "lora") -> Path:
+    """models/base, models/adapter (trained by ``method``: qlora = on the 4-bit nf4 base,
+    full = a whole model), the test split, and eval.json/samples.jsonl as the evaluate
+    stage writes them (the transformers answers, greedy, one at a time)."""
     from tunelab.data import encoding
     from tunelab.eval import evaluation, scoring
     from tunelab.models import loading
@@ -36,7 +38,8 @@ def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer) -> 
     shutil.copytree(base_dir, root / "models/base")
     shutil.copytree(adapter_dir, root / "models/adapter")
     tokenizer.save_pretrained(root / "models/adapter")
-    loading.write_train_info(root / "models/adapter", "lora", "fp32", None)
+    quantization = loading.QuantizationParams() if method == "qlora" else None
+    loading.write_train_info(root / "models/adapter", method, "fp32", quantization)
     (root / "data/prepared").mkdir(parents=True)
     (root / "data/prepared/test.jsonl").write_text(
         "".join(json.dumps(e) + "\n" for e in EXAMPLES))
@@ -145,3 +148,47 @@ def test_a_missing_adapter_is_one_line(tiny_base_dir, make_tiny_adapter, tokeniz
     assert result.stderr.strip().splitlines()[-1].startswith("export: error: models/adapter: ")
     assert "Traceback" not in result.stderr
     assert not (workdir / "models/gguf").exists()
+
+
+def test_a_qlora_adapter_is_exported_merged_into_its_dequantized_base(
+        tiny_base_dir, make_tiny_adapter, tokenizer, tmp_path):
+    workdir = make_workspace(tmp_path, tiny_base_dir, make_tiny_adapter("qlora", seed=4),
+                             tokenizer, method="qlora")
+    result = run_export(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((workdir / "metrics/export.json").read_text())
+    assert [k for k in metrics if isinstance(metrics[k], dict)] == ["transformers", "f32",
+                                                                    "q8_0", "lora"]
+    assert metrics["f32"]["template_differences"] == 0
+    # The f32 GGUF holds the dequantized 4-bit weights the adapter was evaluated on; the
+    # LoRA file applies to the unquantized base, which it was not trained on.
+    from gguf import GGUFReader
+
+    reader = GGUFReader(workdir / "models/gguf/tuned-f32.gguf")
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_gate.weight")
+    # gate_proj carries no LoRA: exactly the dequantized nf4 values, 16 levels per block of
+    # 64 (one row here); the unquantized base has 64 different values in a row.
+    assert tensor.data.shape == (128, 64)
+    assert max(len(set(row.tolist())) for row in tensor.data) <= 16
+
+
+def test_a_fully_fine_tuned_model_is_exported_whole_without_a_lora(
+        tiny_base_dir, tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    with torch.no_grad():
+        for parameter in full.parameters():  # a "trained" model: other weights than the base
+            parameter.mul_(1.01)
+    full.save_pretrained(tmp_path / "full")
+    workdir = make_workspace(tmp_path / "ws", tiny_base_dir, tmp_path / "full", tokenizer,
+                             method="full")
+    result = run_export(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (workdir / "models/gguf").iterdir()) == [
+        "Modelfile", "tuned-f32.gguf", "tuned-q8_0.gguf"]
+    metrics = json.loads((workdir / "metrics/export.json").read_text())
+    assert "lora" not in metrics
+    assert metrics["f32"]["agreement"] == 1.0
+

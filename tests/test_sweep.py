@@ -132,7 +132,7 @@ def test_cli_value_reads_back_as_the_same_yaml_value():
      "search_space.train.lerning_rate: unknown params key (did you mean 'learning_rate'?)"),
     (BASE + "search_space:\n  trian.lora.r: [8]\n",
      "search_space.trian.lora.r: not a params key (sections: model, prepare, validate, train, "
-     "evaluate, plot, report) (did you mean 'train'?)"),
+     "evaluate, export, plot, report) (did you mean 'train'?)"),
     (BASE + "search_space:\n  train.lora: [8]\n",
      "search_space.train.lora: not a single value"),
     (BASE + "search_space:\n  train.lora.r: [0, 8]\n",
