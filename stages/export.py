@@ -36,8 +36,8 @@ def main(base_dir: str, adapter_dir: str, test_file: str, eval_metrics: str, sam
 
     model, tokenizer = loading.load_trained(base_dir, adapter_dir)
     if not tokenizer.chat_template:
-        raise DeployError(f"{adapter_dir}: its tokenizer has no chat template, so no GGUF chat "
-                          "template or Ollama TEMPLATE can be written (set one on the base model)")
+        raise DeployError(f"{base_dir}: the tokenizer the model was trained with has no chat "
+                          "template, so no GGUF chat template or Ollama TEMPLATE can be written")
     prompts = [encoding.prompt_ids(tokenizer, e) for e in parity.chat_examples(examples)]
     speed = parity.transformers_speed(model, tokenizer, prompts[:p.speed_examples],
                                       evaluate.max_new_tokens)

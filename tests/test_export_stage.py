@@ -192,3 +192,19 @@ def test_a_fully_fine_tuned_model_is_exported_whole_without_a_lora(
     assert "lora" not in metrics
     assert metrics["f32"]["agreement"] == 1.0
 
+
+def test_a_tokenizer_without_a_chat_template_is_one_line(tiny_base_dir, make_tiny_adapter,
+                                                          tokenizer, tmp_path):
+    workdir = make_workspace(tmp_path, tiny_base_dir, make_tiny_adapter("bare", seed=8),
+                             tokenizer)
+    (workdir / "models/base/chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((workdir / "models/base/tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (workdir / "models/base/tokenizer_config.json").write_text(json.dumps(config))
+    result = run_export(workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "export: error: models/base: the tokenizer the model was trained with has no chat "
+        "template, so no GGUF chat template or Ollama TEMPLATE can be written")
+    assert not (workdir / "models/gguf").exists()
+
