@@ -14,7 +14,6 @@ from pathlib import Path
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.data import encoding
 from tunelab.deploy import build, parity
 from tunelab.errors import DataError, DeployError
 from tunelab.eval.inference import resolve_model
@@ -38,17 +37,16 @@ def main(base_dir: str, adapter_dir: str, test_file: str, eval_metrics: str, sam
     if not tokenizer.chat_template:
         raise DeployError(f"{base_dir}: the tokenizer the model was trained with has no chat "
                           "template, so no GGUF chat template or Ollama TEMPLATE can be written")
-    prompts = [encoding.prompt_ids(tokenizer, e) for e in parity.chat_examples(examples)]
-    speed = parity.transformers_speed(model, tokenizer, prompts[:p.speed_examples],
+    split = parity.held_out(tokenizer, examples, reference)
+    speed = parity.transformers_speed(model, tokenizer, split.prompts[:p.speed_examples],
                                       evaluate.max_new_tokens)
     del model
     with files.atomic_path(gguf_dir) as staging, build.scratch_folder() as work:
         contenders = build.write(
             Path(base_dir), Path(adapter_dir), staging, Path(gguf_dir), Path(work),
             p.quantizations, p.lora, tokenizer, system_prompt, evaluate.max_new_tokens,
-            check_prompts=[encoding.split_prompt(e)[0] for e in parity.chat_examples(examples)])
-        result = parity.check(contenders, tokenizer, examples, reference,
-                              files.read_json(eval_metrics)["tuned"], speed,
+            check_prompts=split.messages)
+        result = parity.check(contenders, split, files.read_json(eval_metrics)["tuned"], speed,
                               evaluate.max_new_tokens, p.speed_examples, threads)
         drift = parity.template_drift(result)
         if drift and not p.allow_template_drift:

@@ -7,7 +7,6 @@ GGUF parity metrics) and PLOTS_DIR/*.png (each optional: the report says what is
 plus the params sections it shows; writes REPORT, one self-contained HTML file.
 """
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -53,13 +52,10 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
 
 def _read_optional_json(path: str) -> dict | None:
     """A JSON object, or None when ``path`` does not exist; a broken file is a one-line error
-    (the report shows a missing input, not a wrong one)."""
+    (files.read_json; the report shows a missing input, not a wrong one)."""
     if not Path(path).exists():
         return None
-    try:
-        loaded = files.read_json(path)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    loaded = files.read_json(path)
     if not isinstance(loaded, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
     return loaded

@@ -155,6 +155,7 @@ def export_adapter(adapter_dir, output, base=None, prompt_count: int = 4,
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tunelab.adapters.merge import tokenizer_folder
     from tunelab.eval.inference import resolve_model
     from tunelab.models import loading
 
@@ -165,8 +166,7 @@ def export_adapter(adapter_dir, output, base=None, prompt_count: int = 4,
     base_dir, adapter_dir = resolve_model(adapter_dir, base)
     if base_dir is None or not (adapter_dir / "adapter_config.json").is_file():
         raise ExportError(f"{adapter_dir}: already a full model folder; nothing to merge")
-    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(adapter_dir, base_dir))
     prompts = check_prompts(tokenizer, prompt_count, prompts_file)
 
     info = loading.read_train_info(adapter_dir)

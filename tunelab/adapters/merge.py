@@ -31,6 +31,12 @@ class MergeError(AdapterError):
     """Adapters that cannot be merged as asked; the message says why."""
 
 
+def tokenizer_folder(adapter_dir: Path, base_dir: Path) -> Path:
+    """Where an adapter's tokenizer is: the adapter folder when training saved one there
+    (it may carry an edited chat template), else its base."""
+    return adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_dir
+
+
 def adapter_config(adapter_dir: Path) -> dict:
     path = Path(adapter_dir) / "adapter_config.json"
     if not path.is_file():
@@ -118,8 +124,7 @@ def merge(adapter_dirs, weights: list[float], method: str, output: str | Path,
                "seed": seed}
     with files.atomic_path(output) as staging:
         model.save_pretrained(str(staging))
-        tokenizer_source = adapter_dirs[0] if (adapter_dirs[0] / "tokenizer_config.json").is_file() \
-            else base_dir
+        tokenizer_source = tokenizer_folder(adapter_dirs[0], base_dir)
         for name in TOKENIZER_FILES:  # copied as they are: loading and saving costs seconds
             if (tokenizer_source / name).is_file():
                 shutil.copy2(tokenizer_source / name, staging / name)

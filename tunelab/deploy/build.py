@@ -29,6 +29,7 @@ def tuned_file(quantization: str) -> str:
 def merged_folder(base_dir: Path, adapter_dir: Path, work: Path) -> Path:
     """A transformers folder of the whole tuned model (with its tokenizer) to convert."""
     from tunelab.adapters import export
+    from tunelab.adapters.merge import tokenizer_folder
     from tunelab.eval.inference import resolve_model
 
     base, trained = resolve_model(adapter_dir, base_dir)
@@ -38,8 +39,7 @@ def merged_folder(base_dir: Path, adapter_dir: Path, work: Path) -> Path:
 
     folder = work / "merged"
     export.merge_into_base(base, trained).save_pretrained(str(folder))
-    tokenizer_dir = trained if (trained / "tokenizer_config.json").is_file() else base
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(tokenizer_folder(trained, base)).save_pretrained(str(folder))
     return folder
 
 

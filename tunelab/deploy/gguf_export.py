@@ -23,10 +23,6 @@ from tunelab.errors import DeployError
 # Where `make setup` unpacks the scripts; TUNELAB_LLAMA_CPP_DIR points elsewhere.
 TOOLS_DIR = Path(sys.prefix) / "share" / "tunelab" / "llama.cpp"
 TOOLS_ENV = "TUNELAB_LLAMA_CPP_DIR"
-# Types written straight by the converter (no quantizer pass).
-CONVERTER_TYPES = ("f32",)
-
-
 def tools_dir() -> Path:
     folder = Path(os.environ.get(TOOLS_ENV) or TOOLS_DIR)
     if not (folder / "convert_hf_to_gguf.py").is_file():
@@ -77,18 +73,16 @@ def file_type(name: str) -> int:
     import llama_cpp
 
     value = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name.upper()}", None)
-    if name == "f32":
-        value = llama_cpp.LLAMA_FTYPE_ALL_F32
     if value is None:
         raise DeployError(f"export.quantizations: llama.cpp knows no type {name!r}")
     return value
 
 
 def quantize(f32_file: Path, out_file: Path, name: str, threads: int | None = None) -> None:
-    """Write ``f32_file`` quantized to ``name`` (copied as it is for f32)."""
+    """Write ``f32_file`` quantized to ``name`` (f32 is the conversion itself: copied)."""
     import llama_cpp
 
-    if name in CONVERTER_TYPES:
+    if name == "f32":
         shutil.copyfile(f32_file, out_file)
         return
     params = llama_cpp.llama_model_quantize_default_params()

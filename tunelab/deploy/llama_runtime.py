@@ -12,6 +12,7 @@ A llama.cpp context is not thread-safe: callers use one model from one thread at
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -67,16 +68,22 @@ def chat_template(llm) -> str:
 
 def chat_prompt_tokens(llm, messages: list[dict]) -> list[int]:
     """Prompt token ids for ``messages``, ending where the assistant's answer starts."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
     model = llm._model  # llama-cpp-python's own handler reads the BOS/EOS text from here
     eos, bos = llm.token_eos(), llm.token_bos()
-    formatter = Jinja2ChatFormatter(template=chat_template(llm),
-                                    eos_token=model.token_get_text(eos) if eos != -1 else "",
-                                    bos_token=model.token_get_text(bos) if bos != -1 else "",
-                                    add_generation_prompt=True)
-    rendered = formatter(messages=messages)
+    rendered = chat_formatter(chat_template(llm),
+                              model.token_get_text(eos) if eos != -1 else "",
+                              model.token_get_text(bos) if bos != -1 else "")(messages=messages)
     return text_tokens(llm, rendered.prompt, add_bos=not rendered.added_special)
+
+
+@functools.lru_cache(maxsize=16)
+def chat_formatter(template: str, eos_token: str, bos_token: str):
+    """llama-cpp-python's formatter for a template: compiling the Jinja costs more than
+    rendering it, and the server and the parity check render one template many times."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token,
+                               add_generation_prompt=True)
 
 
 def text_tokens(llm, text: str, add_bos: bool = True) -> list[int]:

@@ -59,50 +59,63 @@ def transformers_speed(model, tokenizer, prompts: list[list[int]], max_new_token
     return tokens / seconds
 
 
-def run_contender(contender: Contender, tokenizer, examples: list[dict], reference: list[str],
-                  max_new_tokens: int, speed_examples: int, threads: int | None) -> dict:
-    """The metrics row of one GGUF file."""
+@dataclass
+class HeldOut:
+    """The evaluation's chat examples, prepared once for every file checked."""
+    messages: list[list[dict]]     # each prompt's messages, up to where the answer starts
+    prompts: list[list[int]]       # their token ids as the trainer built them
+    references: list[str]          # the reference answers
+    transformers_answers: list[str]  # metrics/samples.jsonl's tuned answers
+
+
+def held_out(tokenizer, examples: list[dict], transformers_answers: list[str]) -> HeldOut:
     chats = chat_examples(examples)
-    trainer_prompts = [encoding.prompt_ids(tokenizer, e) for e in chats]
-    context = max(map(len, trainer_prompts), default=0) + max_new_tokens + 16
+    return HeldOut([encoding.split_prompt(e)[0] for e in chats],
+                   [encoding.prompt_ids(tokenizer, e) for e in chats],
+                   [encoding.split_prompt(e)[1]["content"] for e in chats], transformers_answers)
+
+
+def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
+                  speed_examples: int, threads: int | None) -> dict:
+    """The metrics row of one GGUF file."""
+    context = max(map(len, split.prompts), default=0) + max_new_tokens + 16
     llm = llama_runtime.load(contender.model_file, context=context, threads=threads,
                              lora=contender.lora_file)
     answers, differ, tokens, seconds = [], 0, 0, 0.0
     with contextlib.closing(llm):
-        for i, (example, trained) in enumerate(tqdm(list(zip(chats, trainer_prompts)),
-                                                    desc=f"llama.cpp {contender.name}")):
-            prompt = llama_runtime.chat_prompt_tokens(llm, encoding.split_prompt(example)[0])
+        for i, (messages, trained) in enumerate(tqdm(list(zip(split.messages, split.prompts)),
+                                                     desc=f"llama.cpp {contender.name}")):
+            prompt = llama_runtime.chat_prompt_tokens(llm, messages)
             differ += prompt != trained
             generation = llama_runtime.generate(llm, prompt, max_new_tokens)
             answers.append(generation.text)
             if i < speed_examples:
                 tokens += len(generation.token_ids)
                 seconds += generation.seconds
-    references = [encoding.split_prompt(e)[1]["content"] for e in chats]
     row = {"file": contender.shown_file, **(contender.extra or {}),
            "size_mb": round((contender.lora_file or contender.model_file).stat().st_size
                             / 2 ** 20, 1)}
-    row.update(scoring.task_scores(answers, references))
-    row.update(scoring.text_scores(answers, references))
-    row["agreement"] = sum(a == r for a, r in zip(answers, reference)) / max(len(answers), 1)
+    row.update(scoring.task_scores(answers, split.references))
+    row.update(scoring.text_scores(answers, split.references))
+    row["agreement"] = sum(a == r for a, r in zip(answers, split.transformers_answers)) / \
+        max(len(answers), 1)
     row["template_differences"] = differ
     row["tokens_per_second"] = tokens / seconds if seconds else 0.0
     return row
 
 
-def check(contenders: list[Contender], tokenizer, examples: list[dict], reference: list[str],
-          tuned_metrics: dict, transformers_tokens_per_second: float, max_new_tokens: int,
-          speed_examples: int, threads: int | None) -> dict:
+def check(contenders: list[Contender], split: HeldOut, tuned_metrics: dict,
+          transformers_tokens_per_second: float, max_new_tokens: int, speed_examples: int,
+          threads: int | None) -> dict:
     """metrics/export.json: the transformers row, then one row per contender."""
-    result = {"examples": len(chat_examples(examples)),
-              "speed_examples": min(speed_examples, len(chat_examples(examples))),
+    result = {"examples": len(split.prompts),
+              "speed_examples": min(speed_examples, len(split.prompts)),
               "max_new_tokens": max_new_tokens, "threads": threads,
               "transformers": {**{k: v for k, v in tuned_metrics.items()
                                   if k not in SHARED_SCORES},
                                "tokens_per_second": transformers_tokens_per_second}}
     for contender in contenders:
-        row = run_contender(contender, tokenizer, examples, reference, max_new_tokens,
-                            speed_examples, threads)
+        row = run_contender(contender, split, max_new_tokens, speed_examples, threads)
         row["speedup"] = row["tokens_per_second"] / transformers_tokens_per_second
         result[contender.name] = row
         print(f"export: {contender.name}: task_accuracy {row.get('task_accuracy', 0):.4f} "

@@ -52,7 +52,10 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
