@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunelab-setup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup go-toolchain run test test-fast bench train-multi multitask verify sweep lr-test check serve serve-gguf
+.PHONY: setup go-toolchain run test test-fast bench bench-generate gpu-wheels train-multi multitask verify sweep lr-test check serve serve-gguf
 
 setup: $(STAMP)
 
@@ -51,10 +51,22 @@ test: setup go-toolchain
 test-fast: setup
 	$(PYTHON) -m pytest -q -m "not e2e"
 
-# Training speed of lora, qlora, full and a plain-Trainer baseline -> metrics/bench.json.
-# Needs models/base and data/prepared (`dvc repro prepare`); more: make bench BENCH_ARGS="--steps 10"
+# Training speed, each gain isolated: the tutorial baseline (and it with dynamic padding / dropout 0),
+# tunelab before and after each speed switch, qlora, full, packing -> metrics/bench.json (~30 min).
+# Needs models/base and data/prepared (`dvc repro prepare`); a subset and more repeats:
+# make bench BENCH_ARGS="--contenders baseline,tunelab_before,tunelab --repeats 5"
 bench: setup
 	tunelab bench $(BENCH_ARGS)
+
+# The evaluate stage's generation, file order against sorted by length -> metrics/bench/generation.json
+# (after `dvc repro train`).
+bench-generate: setup
+	tunelab bench-generate $(BENCH_ARGS)
+
+# Wheels + tokenizer for the GPU check (tunelab/bench/gpu_check.sh) on a GPU machine without
+# network -> .whl/ (git-ignored).
+gpu-wheels: setup
+	PYTHON=$(PYTHON) bash tunelab/bench/gpu_wheels.sh $(GPU_WHEELS_EXTRA)
 
 # Rerun train + evaluate in a scratch folder and compare every metric with the workspace's
 # (after `dvc repro`); exit 1 on any difference. Looser: make verify VERIFY_ARGS="--tolerance 1e-6"

@@ -3,7 +3,9 @@
     tunelab validate-data FILE...            check data files before training
     tunelab validate-config [params.yaml]    check every params section
     tunelab generate --model DIR --prompt TEXT [--compare-base]
-    tunelab bench [--steps 5] [--methods lora,lora_packed,qlora,full,baseline]   training speed
+    tunelab bench [--contenders a,b] [--repeats 3] [--steps 2]   training speed, each gain isolated
+    tunelab bench-generate [--batch-sizes 8,24]   the evaluate stage's generation, before/after
+    tunelab bench-gpu [--tiny]   tunelab's trainer on a random Llama-3-8B (one CUDA GPU)
     tunelab bench-serve --url URL | --base DIR | --gguf NAME=FILE --output FILE   `serve` under load
     tunelab bench-json --gguf NAME=FILE   valid JSON / task accuracy with and without response_format
     tunelab merge --adapters A,B --weights 0.5,0.5 --method linear --output DIR

@@ -1,6 +1,9 @@
-"""`tunelab bench`: training speed of every method; writes metrics/bench.json.
+"""`tunelab bench`: training speed, each gain isolated (tunelab.bench.training_speed);
+writes metrics/bench.json.
 `tunelab bench-serve`: `tunelab serve` under concurrent clients (tunelab.bench.server_load).
-`tunelab bench-json`: JSON answers with and without response_format (.constrained_json)."""
+`tunelab bench-json`: JSON answers with and without response_format (.constrained_json).
+`tunelab bench-generate`: the evaluate stage's generation, before/after (.generation_speed).
+`tunelab bench-gpu`: tunelab's trainer on a random Llama-3-8B on one GPU (.gpu_check)."""
 
 from __future__ import annotations
 
@@ -8,21 +11,29 @@ import json
 import sys
 from pathlib import Path
 
-from tunelab.cli.arg_types import DEFAULT_BASE, adapter_spec, gguf_spec, positive_int
+from tunelab.bench.contenders import CONTENDERS  # torch-free: names for --help and checks
+from tunelab.cli.arg_types import DEFAULT_BASE, adapter_spec, gguf_spec, parse_list, positive_int
 from tunelab.cli.extras import require_extra
 
 DEFAULT_TRAIN_DATA = "data/prepared/train.jsonl"
 DEFAULT_TEST_DATA = "data/prepared/test.jsonl"
+CONTENDER_NAMES = list(CONTENDERS)
 
 
 def register(commands) -> None:
-    timing = commands.add_parser("bench", help="training speed of lora, qlora, full and a "
-                                 "plain-Trainer baseline; writes metrics/bench.json")
-    timing.add_argument("--steps", type=positive_int, default=5, help="timed steps per contender")
-    timing.add_argument("--warmup", type=positive_int, default=2,
-                        help="untimed steps first (allocator, thread pools)")
-    timing.add_argument("--methods", default="lora,lora_packed,qlora,full,baseline",
-                        help="comma-separated: lora, qlora, full, baseline")
+    timing = commands.add_parser(
+        "bench", help="training speed, each of tunelab's gains isolated against a tutorial "
+        "baseline; writes metrics/bench.json",
+        description="Train a few steps of each contender (tunelab.bench.contenders) on the "
+        "same data, seed and batch, each in its own process: warm-up steps, then timed "
+        "windows; report effective (non-padding) tokens/s, its spread, peak memory and MFU.")
+    timing.add_argument("--contenders", default=None, metavar="A,B,...",
+                        help="comma-separated, default all: " + ", ".join(CONTENDER_NAMES))
+    timing.add_argument("--steps", type=positive_int, default=2,
+                        help="optimizer steps per timed window")
+    timing.add_argument("--repeats", type=positive_int, default=3, help="timed windows")
+    timing.add_argument("--warmup", type=positive_int, default=1,
+                        help="untimed steps first (thread pools, allocator, torch.compile)")
     timing.add_argument("--batch-size", type=positive_int, default=8)
     timing.add_argument("--max-length", type=positive_int, default=256)
     timing.add_argument("--base", default=DEFAULT_BASE, type=Path)
@@ -71,6 +82,61 @@ def register(commands) -> None:
     constrained.add_argument("--output", type=Path, metavar="FILE",
                              default=Path("metrics/bench/constrained_json.json"))
     constrained.set_defaults(handler=constrained_json_bench)
+    register_generation(commands)
+    register_gpu_check(commands)
+
+
+def register_generation(commands) -> None:
+    generation = commands.add_parser(
+        "bench-generate", help="the evaluate stage's generation (base and tuned) in file order "
+        "and sorted by length; writes metrics/bench/generation.json",
+        description="Time evaluation.generate as the evaluate stage calls it (greedy, the tuned "
+        "LoRA merged) for the base and the tuned model on the test split's chat examples: "
+        "'before' (file order), 'after' (longest prompts first), 'after_shared_prefix' (the "
+        "common prompt prefix prefilled once), 'after_static_cache' (StaticCache).")
+    generation.add_argument("--base", type=Path, default=Path(DEFAULT_BASE))
+    generation.add_argument("--adapter", type=Path, default=Path("models/adapter"),
+                            help="the trained adapter (or full model) folder")
+    generation.add_argument("--test", type=Path, default=Path(DEFAULT_TEST_DATA), metavar="FILE",
+                            help="prepared test split (JSONL)")
+    generation.add_argument("--batch-sizes", default="24", metavar="N,N",
+                            help="comma-separated; the stage's is evaluate.batch_size")
+    generation.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N",
+                            help="per answer; the stage's is evaluate.max_new_tokens")
+    generation.add_argument("--max-examples", type=int, default=0, metavar="N",
+                            help="the first N chat examples; 0 = all")
+    generation.add_argument("--repeats", type=positive_int, default=3,
+                            help="timed runs of every variant (min/median/max)")
+    generation.add_argument("--variants", default="before,after,after_shared_prefix",
+                            help="comma-separated: before, after, after_shared_prefix, "
+                            "after_static_cache")
+    generation.add_argument("--output", type=Path, metavar="FILE",
+                            default=Path("metrics/bench/generation.json"))
+    generation.set_defaults(handler=generation_bench)
+
+
+def register_gpu_check(commands) -> None:
+    gpu = commands.add_parser(
+        "bench-gpu", help="tunelab's trainer (LoRA, QLoRA) on a random Llama-3-8B on one CUDA "
+        "GPU, beside torchtune's and unsloth's published figures; writes "
+        "metrics/bench/gpu_check_tunelab.json",
+        description="Build a random Llama-3-8B-shaped model on the GPU and train it through "
+        "training.ready_for_training and trainer_for with torchtune's llama3/8B_lora settings "
+        "(batch 2 x 2048, every position labelled); report tokens/s and peak GPU memory.")
+    gpu.add_argument("--methods", default="lora,qlora", help="comma-separated: lora, qlora")
+    gpu.add_argument("--steps", type=positive_int, default=10, help="timed steps per method")
+    gpu.add_argument("--warmup", type=positive_int, default=2,
+                     help="untimed steps first (kernels, allocator)")
+    gpu.add_argument("--tokenizer", type=Path, default=Path(DEFAULT_BASE),
+                     help="a tokenizer folder; only its pad token is used")
+    gpu.add_argument("--output", type=Path, default=None,
+                     help="JSON report (default metrics/bench/gpu_check_tunelab.json; "
+                     "with --tiny reports/gpu_check_tunelab_tiny.json)")
+    gpu.add_argument("--tiny", action="store_true",
+                     help="a tiny Llama (CPU without a GPU): the same code in seconds")
+    gpu.add_argument("--no-checkpointing", action="store_true",
+                     help="keep activations instead of recomputing them (faster, more memory)")
+    gpu.set_defaults(handler=gpu_check_bench)
 
 
 def adapter_spec_text(text: str) -> str:
@@ -87,13 +153,12 @@ def gguf_spec_text(text: str) -> str:
 
 
 def benchmark(args) -> int:
-    from tunelab.bench import training_speed  # torch: only when the bench runs
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in training_speed.CONTENDERS]
-    if unknown or not methods:
-        print(f"tunelab bench: error: --methods: {', '.join(unknown) or 'none given'}: "
-              f"choose from {', '.join(training_speed.CONTENDERS)}", file=sys.stderr)
+    names = CONTENDER_NAMES if args.contenders is None else \
+        [name.strip() for name in args.contenders.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONTENDER_NAMES]
+    if unknown or not names:
+        print(f"tunelab bench: error: --contenders: {', '.join(unknown) or 'none given'}: "
+              f"choose from {', '.join(CONTENDER_NAMES)}", file=sys.stderr)
         return 2
     missing = [str(p) for p in (args.base / "config.json", args.data) if not p.is_file()]
     if missing:
@@ -102,9 +167,12 @@ def benchmark(args) -> int:
         return 2
     from rich.console import Console
 
-    result = training_speed.run_bench(args.base, args.data, args.output, methods=methods,
+    from tunelab.bench import training_speed  # torch: only when the bench runs
+
+    result = training_speed.run_bench(args.base, args.data, args.output, contenders=names,
                                       steps=args.steps, warmup=args.warmup,
-                                      batch_size=args.batch_size, max_length=args.max_length,
+                                      repeats=args.repeats, batch_size=args.batch_size,
+                                      max_length=args.max_length,
                                       on_progress=lambda line: print(line, file=sys.stderr))
     Console().print(training_speed.table(result))
     print(f"wrote {args.output}")
@@ -153,3 +221,53 @@ def constrained_json_bench(args) -> int:
     Console().print(constrained_json.table(result))
     print(f"wrote {args.output}")
     return 0
+
+
+def generation_bench(args) -> int:
+    from tunelab.errors import DataError
+
+    sizes = parse_list(args.batch_sizes, "--batch-sizes")  # DataError: one line, exit 1
+    if not all(size.isdigit() and int(size) > 0 for size in sizes):
+        raise DataError(f"--batch-sizes: expected positive integers, got {args.batch_sizes!r}")
+    if args.max_examples < 0:
+        print(f"tunelab bench-generate: error: --max-examples: must be >= 0, got "
+              f"{args.max_examples}", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in (args.base / "config.json", args.adapter) if not p.exists()]
+    if missing:
+        print(f"tunelab bench-generate: error: {', '.join(missing)} not found: "
+              "run `dvc repro train` first", file=sys.stderr)
+        return 2
+    from rich.console import Console
+
+    from tunelab.bench import generation_speed  # torch: only when the bench runs
+
+    result = generation_speed.run_generation_bench(
+        args.base, args.adapter, args.test, args.output,
+        batch_sizes=tuple(int(size) for size in sizes), max_new_tokens=args.max_new_tokens,
+        max_examples=args.max_examples, repeats=args.repeats,
+        variants=tuple(parse_list(args.variants, "--variants")),
+        on_progress=lambda line: print(line, file=sys.stderr))
+    Console().print(generation_speed.table(result))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def gpu_check_bench(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ("lora", "qlora")]
+    if unknown or not methods:
+        print(f"tunelab bench-gpu: error: --methods: {', '.join(unknown) or 'none given'}: "
+              "choose from lora, qlora", file=sys.stderr)
+        return 2
+    from rich.console import Console
+
+    from tunelab.bench import gpu_check  # torch: only when the check runs
+
+    output = args.output or Path(gpu_check.TINY_OUTPUT if args.tiny else gpu_check.OUTPUT)
+    report = gpu_check.run_gpu_check(methods, args.steps, args.warmup, args.tokenizer, output,
+                                     tiny=args.tiny, checkpointing=not args.no_checkpointing)
+    for table in gpu_check.tables(report):
+        Console().print(table)
+    print(f"wrote {output}")
+    return 1 if any(row["error"] for row in report["results"]) else 0

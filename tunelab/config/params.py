@@ -91,6 +91,10 @@ class TrainParams(Section):
     precision: Precision = "fp32"
     gradient_checkpointing: Bool = False
     packing: Bool = False
+    padding_free: Bool = True
+    answer_only_logits: Bool = True
+    group_by_length: Bool = False
+    compile: Bool = False
     logging_steps: Int = Field(5, gt=0)
     eval_steps: Int = Field(15, ge=0)
     save_steps: Int = Field(10, ge=0)

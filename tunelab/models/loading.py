@@ -40,10 +40,11 @@ def bnb_config(quantization: QuantizationParams, precision: str):
 
 
 def load_base(base_dir: str | Path, quantization: QuantizationParams | None = None,
-              precision: str = "fp32"):
-    """The base model: fp32 master weights, or quantized when ``quantization`` is given."""
+              precision: str = "fp32", dtype: torch.dtype = torch.float32):
+    """The base model: in ``dtype`` (fp32 master weights by default), or quantized when
+    ``quantization`` is given (then ``precision`` is its compute dtype)."""
     if quantization is None:
-        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
     if not (Path(base_dir) / "config.json").is_file():
         raise ParamsError(f"params.yaml: train.method: qlora cannot quantize {base_dir}: "
                           "not a safetensors model folder")

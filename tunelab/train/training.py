@@ -22,7 +22,7 @@ from transformers.integrations import DVCLiveCallback
 from tunelab.config.params import TrainParams
 from tunelab.data import encoding
 from tunelab.models import loading
-from tunelab.train import checkpoints, guards
+from tunelab.train import checkpoints, guards, speedups
 
 
 def cpu_supports_bf16() -> bool:
@@ -143,7 +143,12 @@ def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_e
         lr_scheduler_type=p.lr_scheduler,
         weight_decay=p.weight_decay,
         max_grad_norm=p.max_grad_norm,
-        max_length=p.max_length,
+        # Examples arrive tokenized and truncated to max_length (to_dataset); TRL refuses a
+        # max_length it cannot enforce on padding-free rows of whole examples.
+        max_length=None if p.padding_free and not p.packing else p.max_length,
+        padding_free=p.padding_free,
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
+        torch_compile=p.compile,
         seed=p.seed,
         data_seed=p.seed,
         bf16=precision == "bf16",
@@ -184,9 +189,22 @@ def lora_config(p: TrainParams):
 def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
     """(model, PEFT config or None): lora and qlora train an adapter, full every weight."""
     if p.method == "qlora":
+        model = loading.load_base(base_dir, p.quantization, precision)
+    elif p.method == "lora" and precision in ("bf16", "fp16"):
+        # A frozen base needs no fp32 master weights: in the compute dtype it takes half the
+        # memory (an 8B base: 15 GiB, not 30); PEFT keeps the adapter itself in fp32.
+        model = loading.load_base(base_dir, dtype=loading.COMPUTE_DTYPES[precision])
+    else:
+        model = loading.load_base(base_dir)
+    return ready_for_training(p, model, precision)
+
+
+def ready_for_training(p: TrainParams, model, precision: str):
+    """(model, PEFT config or None) for a loaded ``model``, as ``p.method`` trains it (the
+    GPU check builds its random 8B model itself and comes in here)."""
+    if p.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = loading.load_base(base_dir, p.quantization, precision)
         if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
             # FSDP flattens each wrapped layer into one tensor of one dtype: keep the norms
             # in the compute dtype (the 4-bit storage is that dtype too, loading.bnb_config).
@@ -197,7 +215,6 @@ def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=p.gradient_checkpointing)
         return model, lora_config(p)
-    model = loading.load_base(base_dir)
     return model, (lora_config(p) if p.method == "lora" else None)
 
 
@@ -206,8 +223,6 @@ def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
                   callbacks=()) -> tuple:
     """(SFTTrainer, precision, train examples) for ``p``: seeded, tokenized by
     ``encoding``, the model loaded and PEFT-wrapped as ``p.method`` needs."""
-    from trl import SFTTrainer
-
     from tunelab.util.files import read_jsonl
 
     set_seed(p.seed)
@@ -217,12 +232,26 @@ def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
     if peft_config is not None:
         check_target_modules(model, p.lora.target_modules)
     train_set = to_dataset(read_jsonl(train_file), tokenizer, p.max_length)
-    val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length) if val_file else []
-    has_eval = len(val_set) > 0
+    val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length) if val_file else None
+    trainer = trainer_for(p, model, peft_config, tokenizer, train_set, checkpoint_dir, precision,
+                          val_set, callbacks)
+    return trainer, precision, len(train_set)
+
+
+def trainer_for(p: TrainParams, model, peft_config, tokenizer, train_set, checkpoint_dir,
+                precision: str, val_set=None, callbacks=()):
+    """The SFTTrainer for a model ready to train (``ready_for_training``) and tokenized
+    ``input_ids`` + ``labels`` datasets: what the train stage, the bench and the GPU check run."""
+    has_eval = val_set is not None and len(val_set) > 0
     callbacks = list(callbacks)
     if has_eval and p.eval_steps > 0 and p.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=p.early_stopping_patience))
-    trainer = SFTTrainer(
+    from tunelab.train.sft_trainer import AnswerOnlySFTTrainer
+
+    if p.padding_free or p.packing:
+        speedups.use_varlen_sdpa(model)
+    return AnswerOnlySFTTrainer(
+        answer_only_logits=p.answer_only_logits,
         model=model,
         args=sft_config(p, checkpoint_dir, precision, has_eval),
         train_dataset=train_set,
@@ -231,7 +260,6 @@ def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    return trainer, precision, len(train_set)
 
 
 def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file: str | Path,
