@@ -311,6 +311,7 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
             last_eval.append(trainer.evaluate())  # the run did not end on an eval step
         summary["eval_loss"] = round(last_eval[-1]["eval_loss"], 6)
     trainer.save_model(str(adapter_dir))  # collective under FSDP/ZeRO-3; writes on rank 0 only
+    leave_process_group()
     if not writer:
         return summary
     trainer.processing_class.save_pretrained(str(adapter_dir))
@@ -323,6 +324,16 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
     write_model_card(Path(adapter_dir) / "README.md", p, base_info, file_sha256(train_file), summary)
     return summary
+
+
+def leave_process_group() -> None:
+    """After the last collective: every rank waits for the others, then the group is torn
+    down in order. A rank > 0 that exits with the group alive while rank 0 still writes can
+    abort in gloo's teardown ("terminate called without an active exception", SIGABRT seen
+    once in test_ddp.py), which fails the whole `accelerate launch`."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def resume_point(p: TrainParams, base_dir, data_files, checkpoint_dir, live_dir, writer: bool):
