@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tunelab.bench.training_speed import spread
 from tunelab.data import encoding
 from tunelab.errors import DataError
 from tunelab.eval import evaluation
@@ -123,11 +124,6 @@ def time_variants(model, tokenizer, prompts: list[list[int]], model_name: str,
                                              / statistics.median(rates["before"]), 3)
         rows.append(row)
     return rows
-
-
-def spread(values: list[float], digits: int) -> dict:
-    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
-            "max": round(max(values), digits)}
 
 
 def table(result: dict):

@@ -35,8 +35,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, TrainerCallback, set_seed
+from transformers import AutoTokenizer, set_seed
 
+from tunelab.bench.training_speed import StepTimer
 from tunelab.config.params import TrainParams
 from tunelab.errors import ModelSourceError, TrainingError
 from tunelab.train import training
@@ -206,7 +207,7 @@ def train_and_time(result: MethodResult, p: TrainParams, config, tokenizer,
     precision = training.resolve_precision(p.precision)
     model, peft_config = training.ready_for_training(p, model, precision)
     training.check_target_modules(model, p.lora.target_modules)
-    timer = StepClock(warmup)
+    timer = StepTimer(warmup)  # one window: every step after the warm-up
     with tempfile.TemporaryDirectory(prefix="tunelab-gpu-check-") as checkpoint_dir:
         trainer = training.trainer_for(p, model, peft_config, tokenizer,
                                        random_train_set(config, p), checkpoint_dir,
@@ -223,7 +224,7 @@ def train_and_time(result: MethodResult, p: TrainParams, config, tokenizer,
     result.lora_layer_type = lora_layer_type(trainer.model)
     result.timed_steps, result.tokens = timer.steps, timer.tokens
     result.seconds = round(timer.seconds, 4)
-    result.step_seconds = [round(s, 4) for s in timer.step_seconds]
+    result.step_seconds = [round(s, 4) for s in timer.step_seconds[warmup:]]
     result.tokens_per_s = round(timer.tokens / timer.seconds, 1)
     if on_gpu:
         result.peak_allocated_gib = gib(torch.cuda.max_memory_allocated(device))
@@ -233,34 +234,6 @@ def train_and_time(result: MethodResult, p: TrainParams, config, tokenizer,
     if not math.isfinite(final_loss):
         raise FloatingPointError(f"loss is {final_loss}")
     result.final_loss = round(final_loss, 4)
-
-
-class StepClock(TrainerCallback):
-    """Times the optimizer steps after the first ``warmup`` and counts their input tokens.
-
-    From the start of the first timed step to the end of the last: each of those steps'
-    forward, backward and optimizer update is inside, the warm-up is not."""
-
-    def __init__(self, warmup: int):
-        self.warmup = warmup
-        self.started = self.step_started = self.tokens_before = None
-        self.seconds, self.tokens, self.steps, self.step_seconds = 0.0, 0, 0, []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        synchronize()
-        self.step_started = time.perf_counter()
-        if state.global_step == self.warmup:
-            self.started, self.tokens_before = self.step_started, state.num_input_tokens_seen
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.started is None:
-            return
-        synchronize()
-        now = time.perf_counter()
-        self.step_seconds.append(now - self.step_started)
-        self.seconds = now - self.started
-        self.tokens = state.num_input_tokens_seen - self.tokens_before
-        self.steps = state.global_step - self.warmup
 
 
 def targets(results: list[MethodResult], tiny: bool) -> list[dict]:
@@ -419,9 +392,6 @@ def gib(size_bytes: int) -> float:
     return round(size_bytes / GIB, 2)
 
 
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def free_device_memory(device: torch.device) -> None:

@@ -132,13 +132,17 @@ def summarize(measured: dict, matmul_rates: dict) -> dict:
     positions = sum(window["positions"] for window in windows)
     return {**measured,
             "windows": windows,
-            "tokens_per_s": {"min": round(min(rates), 2), "median": round(median_rate, 2),
-                             "max": round(max(rates), 2)},
+            "tokens_per_s": spread(rates, 2),
             "s_per_step": round(statistics.median(w["seconds"] / w["steps"] for w in windows), 3),
             "padding_share": round(1 - sum(w["tokens"] for w in windows) / positions, 4),
             "achieved_tflops": round(achieved_tflops, 6),
             "matmul_tflops": round(matmul_rate, 6),
             "mfu": round(achieved_tflops / matmul_rate, 4)}
+
+
+def spread(values: list[float], digits: int) -> dict:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
 
 
 def speedup(rows: dict, name: str, reference: str) -> float | None:
