@@ -1,9 +1,11 @@
-"""Stage: draw the training curves and the base-vs-tuned bars as PNGs.
+"""Stage: draw the training curves, the base-vs-tuned bars and the token-length histogram
+as PNGs.
 
-Usage (dvc.yaml): python stages/plot.py LIVE_DIR EVAL_METRICS PLOTS_DIR
-Reads LIVE_DIR (DVCLive's curves under LIVE_DIR/plots) and EVAL_METRICS; writes
-PLOTS_DIR. The folder is replaced whole, so a stale plot from an earlier run (say, a
-grad_norm.png the current logger no longer produces) never lingers.
+Usage (dvc.yaml): python stages/plot.py LIVE_DIR EVAL_METRICS DATA_STATS PLOTS_DIR
+Reads LIVE_DIR (DVCLive's curves under LIVE_DIR/plots), EVAL_METRICS and DATA_STATS (the
+prepare stage's metrics/data.json; each file optional); writes PLOTS_DIR. The folder is
+replaced whole, so a stale plot from an earlier run (say, a grad_norm.png the current
+logger no longer produces) never lingers.
 """
 
 from pathlib import Path
@@ -14,7 +16,7 @@ from tunelab.report import plotting
 from tunelab.util import files
 
 
-def main(live_dir: str, eval_metrics: str, plots_dir: str) -> int:
+def main(live_dir: str, eval_metrics: str, data_stats: str, plots_dir: str) -> int:
     plot_params = params.load("plot")
     with files.atomic_path(plots_dir) as staging_dir:
         staging_dir.mkdir()
@@ -27,6 +29,12 @@ def main(live_dir: str, eval_metrics: str, plots_dir: str) -> int:
                 written.append(bars)
         else:
             print(f"plot: {eval_metrics} not found; skipping base_vs_tuned.png")
+        if Path(data_stats).exists():
+            histogram = plotting.plot_token_lengths(files.read_json(data_stats),
+                                                    staging_dir / "token_lengths.png",
+                                                    dpi=plot_params.dpi)
+            if histogram:
+                written.append(histogram)
         names = sorted(path.name for path in written)
 
     if names:

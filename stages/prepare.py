@@ -1,7 +1,8 @@
 """Stage: read every raw data file, normalise, deduplicate and split.
 
 Usage (dvc.yaml): python stages/prepare.py RAW_DIR BASE_DIR PREPARED_DIR DATA_METRICS
-Reads params `prepare` (RAW_DIR is prepare.raw_dir, interpolated by dvc.yaml); writes
+Reads params `prepare` (RAW_DIR is prepare.raw_dir, interpolated by dvc.yaml) and
+train.max_length and train.train_on (for DATA_METRICS' "analysis"); writes
 PREPARED_DIR/{train,val,test}.jsonl and DATA_METRICS. RAW_DIR is only read.
 """
 
@@ -11,7 +12,7 @@ from transformers import AutoTokenizer
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.data import encoding, prepare
+from tunelab.data import analysis, columns, encoding, prepare
 from tunelab.errors import DataError
 from tunelab.util import files
 
@@ -19,7 +20,8 @@ from tunelab.util import files
 def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> int:
     p = params.load("prepare")
     raw_files = prepare.raw_files(raw_dir)
-    loaded = prepare.load_files(raw_files, p.format, p.system_prompt)
+    loaded = prepare.load_files(raw_files, p.format, p.system_prompt, p.text_split,
+                                columns.from_params(p, raw_dir), p.group_by)
     if loaded.errors:
         for message in loaded.errors[:20]:
             print(message, file=sys.stderr)
@@ -28,11 +30,18 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
                         + (f" (first 20 shown, {more} more)" if more > 0 else "")
                         + "; nothing was written")
     unique, duplicates = prepare.deduplicate(loaded.examples)
-    splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed)
+    splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed, p.group_by)
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     # Lengths before truncation, so the user can pick train.max_length from p95/max.
     lengths = [encoding.encode(tokenizer, e, max_length=1 << 30).full_tokens for e in unique]
+    # Of the examples as read (duplicates included), as `tunelab analyze-data` on the same
+    # files prints them; at train's max_length and train_on, so as training will see them.
+    train = params.load("train")
+    figures = analysis.analyze(
+        loaded.examples, tokenizer, max_length=train.max_length, train_on=train.train_on,
+        text_stride=train.text_stride, format_counts=analysis.count_formats(
+            raw_files, p.format, p.text_split, columns.from_params(p, raw_dir)))
 
     with files.atomic_path(prepared_dir) as staging:
         staging.mkdir()
@@ -46,11 +55,16 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
         "tasks": sorted({e["task"] for e in unique if e.get("task")}),
         "splits": {name: len(examples) for name, examples in splits.items()},
         "tokens": prepare.length_stats(lengths),
+        "analysis": figures,
     }
     files.write_json_atomic(data_metrics, stats)
     print(f"prepare: {len(loaded.examples)} examples read from {len(raw_files)} files, "
           f"{duplicates} duplicates dropped, split {stats['splits']}, "
           f"tokens p95={stats['tokens']['p95']} max={stats['tokens']['max']}")
+    print(f"prepare: {figures['truncated']['examples']} examples longer than train.max_length="
+          f"{train.max_length}; max_length {figures['suggested_max_length']['p95']} covers p95, "
+          f"{figures['suggested_max_length']['p99']} p99; {figures['duplicates']['near_pairs']} "
+          f"near-duplicate pairs (`tunelab analyze-data` shows them)")
     return 0
 
 

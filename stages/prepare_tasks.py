@@ -11,7 +11,7 @@ import sys
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.data import multitask, prepare
+from tunelab.data import columns, multitask, prepare
 from tunelab.errors import DataError
 from tunelab.util import files
 
@@ -19,13 +19,14 @@ from tunelab.util import files
 def main(params_file: str, raw_dir: str, prepared_dir: str, data_metrics: str) -> int:
     tasks = multitask.load_params(params_file).tasks
     p = params.load("prepare", params_file)
-    loaded = prepare.load_files(prepare.raw_files(raw_dir), p.format, p.system_prompt)
+    loaded = prepare.load_files(prepare.raw_files(raw_dir), p.format, p.system_prompt,
+                                p.text_split, columns.from_params(p, raw_dir), p.group_by)
     if loaded.errors:
         for message in loaded.errors[:20]:
             print(message, file=sys.stderr)
         raise DataError(f"{len(loaded.errors)} bad records in {raw_dir}; nothing was written")
     unique, duplicates = prepare.deduplicate(loaded.examples)
-    splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed)
+    splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed, p.group_by)
     multitask.check_tasks(splits, tasks, raw_dir)
 
     with files.atomic_path(prepared_dir) as staging:

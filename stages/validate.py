@@ -1,8 +1,8 @@
 """Stage: check the prepared data against the tokenizer before any training.
 
 Usage (dvc.yaml): python stages/validate.py PREPARED_DIR BASE_DIR VALIDATION_METRICS PREVIEW
-Reads params `validate` and `train.max_length`; writes VALIDATION_METRICS and PREVIEW
-(one training example, loss-carrying tokens in [[ ]]). Errors name the raw file:line
+Reads params `validate` and `train.max_length`, `train.train_on`, `train.text_stride`;
+writes VALIDATION_METRICS and PREVIEW (one training example, loss-carrying tokens in [[ ]]). Errors name the raw file:line
 and fail the stage; warnings do not (unless validate.fail_on_warning).
 """
 
@@ -22,10 +22,12 @@ SPLITS = ("train", "val", "test")
 
 def main(prepared_dir: str, base_dir: str, validation_metrics: str, preview: str) -> int:
     p = params.load("validate")
-    max_length = params.load("train").max_length
+    train = params.load("train")
+    max_length = train.max_length
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples = [e for name in SPLITS for e in files.read_jsonl(Path(prepared_dir, f"{name}.jsonl"))]
-    result = validation.check_examples(examples, tokenizer, max_length, p.max_truncated_ratio)
+    result = validation.check_examples(examples, tokenizer, max_length, p.max_truncated_ratio,
+                                       train.train_on, train.text_stride)
 
     for warning in result.warnings:
         print(f"validate: warning: {warning}", file=sys.stderr)

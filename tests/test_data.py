@@ -38,7 +38,7 @@ def test_errors_from_several_files_are_all_collected(tmp_path, write_jsonl):
                                                      {"instruction": "No answer"},
                                                      {"messages": [{"role": "user", "content": "x"}]}])
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"text": "fine"}, "{not json"])
-    unsupported = tmp_path / "notes.txt"
+    unsupported = tmp_path / "notes.docx"
     unsupported.write_text("hello\n")
     good = write_jsonl(tmp_path / "good.jsonl", [{"instruction": "Q", "output": "A"}])
     loaded = prepare.load_files([fields, broken, unsupported, good])
@@ -46,7 +46,8 @@ def test_errors_from_several_files_are_all_collected(tmp_path, write_jsonl):
         f"{fields}:2: missing field 'output'",
         f"{fields}:3: conversation must end with an assistant message",
         f"{broken}:2: invalid JSON: Expecting property name enclosed in double quotes",
-        f"{unsupported}: unsupported file type '.txt' (use .jsonl, .json, .csv, .parquet)",
+        f"{unsupported}: unsupported file type '.docx' (use .jsonl, .json, .csv, .parquet, "
+        ".jsonl.gz, .json.gz, .txt, .md)",
     ]
     # The good records of the files are still read; unreadable files contribute none.
     assert sources(loaded.examples) == [f"{fields}:1", f"{good}:1"]
@@ -95,20 +96,23 @@ def test_forced_format_applies_to_every_record(tmp_path, write_jsonl):
 # --- raw_files --------------------------------------------------------------------
 
 def test_raw_files_lists_data_files_recursively_sorted(tmp_path):
-    for name in ["b.jsonl", "a.csv", "sub/c.JSON", "notes.md", "sub/d.parquet"]:
+    for name in ["b.jsonl", "a.csv", "sub/c.JSON", "notes.md", "sub/d.parquet", "e.jsonl.gz",
+                 "f.csv.gz", "g.docx", "h.gz", "i.dvc"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
+    # f.csv.gz is listed so that reading it refuses it by name, not skipped without a word
     assert [p.relative_to(tmp_path).as_posix() for p in prepare.raw_files(tmp_path)] == [
-        "a.csv", "b.jsonl", "sub/c.JSON", "sub/d.parquet"]
+        "a.csv", "b.jsonl", "e.jsonl.gz", "f.csv.gz", "notes.md", "sub/c.JSON", "sub/d.parquet"]
 
 
 def test_raw_files_missing_folder_and_no_files(tmp_path):
     with pytest.raises(DataError, match=r"nope: data folder not found \(prepare.raw_dir\)$"):
         prepare.raw_files(tmp_path / "nope")
-    (tmp_path / "readme.txt").write_text("x")
+    (tmp_path / "readme.docx").write_text("x")
     with pytest.raises(DataError) as caught:
         prepare.raw_files(tmp_path)
-    assert str(caught.value) == f"{tmp_path}: no data files (.jsonl .json .csv .parquet)"
+    assert str(caught.value) == (f"{tmp_path}: no data files (.jsonl .json .csv .parquet .jsonl.gz "
+                                 ".json.gz .txt .md)")
 
 
 # --- deduplicate ------------------------------------------------------------------

@@ -8,7 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from tunelab.data.formats import detect_format, FORMATS, load_examples, normalise, read_records
+from tunelab.data.formats import detect_format, FORMATS, load_examples, normalise
+from tunelab.data.readers import read_records
 from tunelab.errors import DataError
 
 ALPACA = {"instruction": "Add", "input": "2 and 3", "output": "5"}
@@ -126,9 +127,9 @@ def test_unknown_format_name():
     ({"messages": "hi"}, "field 'messages' must be a list, got str"),
     ({"messages": []}, "empty field 'messages'"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]},
-     "unknown role 'robot' in message 2 (use system, user, assistant)"),
+     "unknown role 'robot' in message 2 (use system, user, assistant, tool)"),
     ({"messages": [{"role": "human", "content": "a"}]},
-     "unknown role 'human' in message 1 (use system, user, assistant)"),
+     "unknown role 'human' in message 1 (use system, user, assistant, tool)"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant"}]},
      "missing field 'content' in message 2"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]},
@@ -140,7 +141,8 @@ def test_unknown_format_name():
     ({"messages": [{"role": "system", "content": "a"}, {"role": "assistant", "content": "b"}]},
      "conversation has no user message"),
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "robot", "value": "b"}]},
-     "unknown role 'robot' in message 2 (use system, human, user, gpt, assistant, bot)"),
+     "unknown role 'robot' in message 2 (use system, human, user, gpt, assistant, bot, "
+     "function_call, observation)"),
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt"}]}, "missing field 'value' in message 2"),
     ({"conversations": [{"from": "human", "value": "a"}]}, "conversation must end with an assistant message"),
     ({"question": "q"}, "cannot tell the format: expected keys 'messages', 'conversations', "
@@ -275,10 +277,12 @@ def test_empty_file(tmp_path, content, suffix):
 def test_unsupported_extension(tmp_path):
     path = tmp_path / "data.xyz"
     path.write_text("text\n")
-    assert load_error(path) == f"{path}: unsupported file type '.xyz' (use .jsonl, .json, .csv, .parquet)"
+    assert load_error(path) == (f"{path}: unsupported file type '.xyz' (use .jsonl, .json, .csv, "
+                                f".parquet, .jsonl.gz, .json.gz, .txt, .md)")
     path = tmp_path / "data"
     path.write_text("text\n")
-    assert load_error(path) == f"{path}: unsupported file type (no extension) (use .jsonl, .json, .csv, .parquet)"
+    assert load_error(path) == (f"{path}: unsupported file type (no extension) (use .jsonl, .json, "
+                                f".csv, .parquet, .jsonl.gz, .json.gz, .txt, .md)")
 
 
 def test_input_files_are_not_modified(tmp_path):

@@ -3,6 +3,7 @@
 Each must give a one-line error naming file:line or the params key and the reason,
 exit non-zero, write nothing, and leave data/raw/ byte for byte as it was."""
 
+import gzip
 import hashlib
 import io as stdio
 import runpy
@@ -44,7 +45,7 @@ DATA_CASES = [
      ":3: missing field 'output'"),
     ("empty field", "a.jsonl", b'{"instruction": "x", "output": "   "}\n', ":1: empty field 'output'"),
     ("unknown role", "a.jsonl", b'{"messages": [{"role": "robot", "content": "x"}]}\n',
-     ":1: unknown role 'robot' in message 1 (use system, user, assistant)"),
+     ":1: unknown role 'robot' in message 1 (use system, user, assistant, tool)"),
     ("messages not a list", "a.jsonl", b'{"messages": "hello"}\n',
      ":1: field 'messages' must be a list, got str"),
     ("messages empty", "a.jsonl", b'{"messages": []}\n', ":1: empty field 'messages'"),
@@ -89,6 +90,60 @@ DATA_CASES = [
     ("parquet wrong type", "a.parquet", parquet({"messages": ["not a list"]}),
      ":1: field 'messages' must be a list, got str"),
     ("parquet corrupt", "a.parquet", b"PAR1 this is not parquet", ": not a valid Parquet file"),
+    ("gzip corrupt", "a.jsonl.gz", b"not gzip at all", ": not a valid gzip file"),
+    ("gzip of a CSV", "a.csv.gz", gzip.compress(b"instruction,output\nx,y\n"),
+     ": unsupported compressed file (use .jsonl.gz or .json.gz)"),
+    ("gzip bad line", "a.jsonl.gz", gzip.compress(GOOD + b'{"instruction": 5, "output": "y"}\n'),
+     ":2: field 'instruction' must be a str, got int"),
+    ("gzip truncated", "a.jsonl.gz", gzip.compress(GOOD * 50)[:-20], ": not a valid gzip file"),
+    ("image part", "a.jsonl", b'{"messages": [{"role": "user", "content": [{"type": "image_url", '
+     b'"image_url": {"url": "x.png"}}]}, {"role": "assistant", "content": "a cat"}]}\n',
+     ":1: multimodal content is not supported ('image_url' part in message 1)"),
+    ("part without text", "a.jsonl", b'{"messages": [{"role": "user", "content": [{"type": "text"}]},'
+     b' {"role": "assistant", "content": "a"}]}\n', ":1: content part 1 in message 1 must be"),
+    ("parts all blank", "a.jsonl", b'{"messages": [{"role": "user", "content": [{"type": "text", '
+     b'"text": " "}]}, {"role": "assistant", "content": "a"}]}\n',
+     ":1: empty field 'content' in message 1"),
+    ("fractional loss weight", "a.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a", "loss_weight": 0.5}]}\n',
+     ":1: field 'loss_weight' in message 2 must be 0 or 1 (fractional loss weights are not "
+     "supported), got 0.5"),
+    ("train flag not a bool", "a.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a", "train": "no"}]}\n',
+     ":1: field 'train' in message 2 must be a bool, got str"),
+    ("every answer opted out", "a.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
+     b'{"role": "assistant", "content": "a", "train": false}]}\n',
+     ":1: every assistant message is opted out of the loss; nothing would train"),
+    ("loss flag on a user turn", "a.jsonl", b'{"messages": [{"role": "user", "content": "q", '
+     b'"train": false}, {"role": "assistant", "content": "a"}]}\n',
+     ":1: only assistant messages carry loss; drop the loss flag in message 1"),
+    ("text file not UTF-8", "a.md", b"# Notes\ncaf\xe9\n", ":2: not valid UTF-8"),
+    ("text file blank", "a.txt", b"\n \n", ": empty file"),
+    # Tool calls (tunelab.data.tool_calls): OpenAI's convention and ShareGPT's.
+    ("tool call to an unknown tool", "a.jsonl", GOOD + b'{"tools": [{"name": "get_weather"}], '
+     b'"messages": [{"role": "user", "content": "Paris?"}, {"role": "assistant", "tool_calls": '
+     b'[{"type": "function", "function": {"name": "get_wether", "arguments": "{}"}}]}, '
+     b'{"role": "tool", "content": "18"}, {"role": "assistant", "content": "18."}]}\n',
+     ":2: tool call 'get_wether' in message 2 names no tool in 'tools' (did you mean "
+     "'get_weather'?)"),
+    ("tool call arguments not JSON", "a.jsonl", b'{"tools": [{"name": "get_weather"}], '
+     b'"messages": [{"role": "user", "content": "Paris?"}, {"role": "assistant", "tool_calls": '
+     b'[{"type": "function", "function": {"name": "get_weather", "arguments": "city=Paris"}}]}, '
+     b'{"role": "tool", "content": "18"}, {"role": "assistant", "content": "18."}]}\n',
+     ":1: invalid JSON in the arguments of tool call 'get_weather' in message 2: Expecting "
+     "value"),
+    ("tool call without a result", "a.jsonl", b'{"tools": [{"name": "get_weather"}], '
+     b'"conversations": [{"from": "human", "value": "Paris?"}, {"from": "function_call", '
+     b'"value": "{\\"name\\": \\"get_weather\\", \\"arguments\\": {}}"}, '
+     b'{"from": "gpt", "value": "18."}]}\n',
+     ":1: tool call 'get_weather' in message 2 gets no result (a tool message must follow it)"),
+    ("tool result without a call", "a.jsonl", b'{"conversations": [{"from": "human", "value": '
+     b'"Paris?"}, {"from": "observation", "value": "18"}, {"from": "gpt", "value": "18."}]}\n',
+     ":1: the tool result in message 2 answers no tool call (it must follow an assistant "
+     "message's tool calls)"),
+    ("tools not a list", "a.jsonl", b'{"tools": 7, "messages": [{"role": "user", "content": '
+     b'"hi"}, {"role": "assistant", "content": "hello"}]}\n',
+     ":1: field 'tools' must be a list of tool schemas (or a JSON string of one), got int"),
 ]
 
 
@@ -142,12 +197,12 @@ def test_bad_data_file(workspace, capsys, name, file_name, content, reason):
 
 
 def test_unsupported_file_type_is_named_by_validate_data(tmp_path, capsys):
-    # (the prepare stage reads only data files from data/raw/: a README.txt there is fine)
-    path = tmp_path / "notes.txt"
+    # (the prepare stage reads only data files from data/raw/: a notes.docx there is skipped)
+    path = tmp_path / "notes.docx"
     path.write_bytes(b"hello\n")
     assert cli.main(["validate-data", str(path)]) == 1
-    assert_one_line(capsys.readouterr().err, f"{path}: unsupported file type '.txt' (use .jsonl, "
-                    ".json, .csv, .parquet)")
+    assert_one_line(capsys.readouterr().err, f"{path}: unsupported file type '.docx' (use .jsonl, "
+                    ".json, .csv, .parquet, .jsonl.gz, .json.gz, .txt, .md)")
 
 
 def test_text_mixed_with_chat_is_rejected(workspace, capsys):
@@ -191,6 +246,16 @@ PARAMS_CASES = [
      "train.save_steps: must be a multiple of train.logging_steps (5)"),
     ("negative guard factor", "train.guard.grad_norm_factor", -1.0,
      "train.guard.grad_norm_factor: must be >= 0, got -1.0"),
+    ("unknown column target", "prepare.columns", {"question": "instrucion"},
+     "prepare.columns.question: unknown tunelab field 'instrucion' (did you mean 'instruction'?)"),
+    ("column map not a mapping", "prepare.columns", ["question"],
+     "prepare.columns: expected a mapping, got list"),
+    ("unknown role target", "prepare.roles", {"customer": "usr"},
+     "prepare.roles.customer: unknown role 'usr' (did you mean 'user'?)"),
+    ("per-file map typo", "prepare.per_file", {"qa/*.csv": {"colums": {"q": "prompt"}}},
+     "prepare.per_file.qa/*.csv.colums: unknown key (did you mean 'columns'?)"),
+    ("stride past the window", "train.text_stride", 300, "train.text_stride: must be at most "
+     "train.max_length (256), got 300: a longer step would skip tokens between windows"),
 ]
 
 

@@ -306,3 +306,84 @@ def test_report_stage_fails_clearly_without_eval_metrics(tmp_path: Path):
     report_run = run_stage("report.py", tmp_path)
     assert report_run.returncode != 0
     assert "metrics/eval.json not found" in report_run.stderr
+
+
+# --- the token-length histogram (metrics/data.json "analysis", tunelab.data.analysis) -------
+
+DATA_ANALYSIS = {
+    "examples": 6, "training_rows": 6, "max_length": 64, "train_on": "all_assistant",
+    "text_stride": 0,
+    "token_lengths": {"mean": 65.5, "p50": 73, "p95": 90, "max": 95, "min": 35, "p99": 95},
+    "suggested_max_length": {"p95": 96, "p99": 96},
+    "histogram": {"bin_width": 8, "edges": [32, 40, 48, 56, 64, 72, 80, 88, 96],
+                  "counts": [2, 0, 0, 0, 0, 2, 1, 1]},
+    "truncated": {"examples": 4, "share": 0.6667, "tokens_cut": 67, "without_loss_tokens": 1},
+    "loss_tokens": {"count": 41, "of_tokens": 326, "share": 0.1258},
+    "duplicates": {"exact": 1, "near_pairs": 1, "near_examples": 2, "near_threshold": 0.8,
+                   "near_listed": [{"first": "a.jsonl:3", "second": "a.jsonl:4", "jaccard": 0.944}]},
+    "tasks": {"(none)": 1, "greet": 2, "support": 3},
+    "formats": {"alpaca": 3, "chat": 2, "prompt_completion": 1},
+}
+
+
+def test_token_length_histogram_draws_the_bins_and_the_lines(tmp_path: Path, monkeypatch):
+    drawn = {}
+    save = plotting._save
+
+    def keep_axes(fig, out_path, dpi):
+        ax = fig.axes[0]
+        drawn["bars"] = [(patch.get_x(), patch.get_width(), patch.get_height())
+                         for patch in ax.patches]
+        drawn["lines"] = {line.get_label(): line.get_xdata()[0] for line in ax.get_lines()}
+        drawn["title"] = ax.get_title()
+        return save(fig, out_path, dpi)
+
+    monkeypatch.setattr(plotting, "_save", keep_axes)
+    path = plotting.plot_token_lengths({"analysis": DATA_ANALYSIS}, tmp_path / "token_lengths.png")
+    assert_png(path)
+    assert drawn["bars"] == [(32, 8, 2), (40, 8, 0), (48, 8, 0), (56, 8, 0), (64, 8, 0),
+                             (72, 8, 2), (80, 8, 1), (88, 8, 1)]
+    assert drawn["lines"] == {"p95 = 90": 90, "p99 = 95": 95, "train.max_length = 64": 64}
+    assert drawn["title"] == "Token lengths of the examples: 4 of 6 cut"
+
+    far = {**DATA_ANALYSIS, "max_length": 4096}
+    plotting.plot_token_lengths({"analysis": far}, tmp_path / "far.png")
+    assert "train.max_length = 4096" not in drawn["lines"]
+    assert drawn["title"] == ("Token lengths of the examples (train.max_length = 4096, off the "
+                              "chart): 4 of 6 cut")
+
+
+def test_token_length_histogram_needs_the_analysis(tmp_path: Path):
+    assert plotting.plot_token_lengths({"tokens": {"p95": 180}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_report_shows_the_histogram_in_the_data_section(tmp_path: Path):
+    plot_paths = [plotting.plot_token_lengths({"analysis": DATA_ANALYSIS},
+                                              tmp_path / "token_lengths.png"),
+                  plotting.plot_base_vs_tuned(EVAL_METRICS, tmp_path / "base_vs_tuned.png")]
+    html = html_page.build_report(eval_metrics=EVAL_METRICS, plot_paths=plot_paths,
+                                  data_stats={"examples_read": 6, "analysis": DATA_ANALYSIS})
+    data = re.search(r'<section id="data">(.*?)</section>', html, flags=re.DOTALL).group(1)
+    plots = re.search(r'<section id="plots">(.*?)</section>', html, flags=re.DOTALL).group(1)
+    assert data.count("data:image/png;base64,") == 1 and plots.count("data:image/png;base64,") == 1
+    assert "Token lengths of the raw examples against train.max_length" in data
+    assert "Token lengths" not in plots
+    # The figures are rows of the data table; the bins are the plot, not rows.
+    assert "analysis.suggested_max_length.p95" in data and "analysis.loss_tokens.share" in data
+    assert "analysis.histogram" not in html
+
+
+def test_plot_and_report_stages_draw_the_histogram_from_data_json(fake_run: Path):
+    data_json = fake_run / "metrics/data.json"
+    data_json.write_text(json.dumps({**json.loads(data_json.read_text()), "analysis": DATA_ANALYSIS}))
+    plot_run = run_stage("plot.py", fake_run)
+    assert plot_run.returncode == 0, plot_run.stderr
+    assert_png(fake_run / "reports/plots/token_lengths.png")
+    assert "token_lengths.png" in plot_run.stdout
+    report_run = run_stage("report.py", fake_run)
+    assert report_run.returncode == 0, report_run.stderr
+    html = (fake_run / "reports/report.html").read_text()
+    data = re.search(r'<section id="data">(.*?)</section>', html, flags=re.DOTALL).group(1)
+    assert data.count("data:image/png;base64,") == 1
+    assert html.count("data:image/png;base64,") == 5

@@ -235,8 +235,25 @@ def test_a_schema_llama_cpp_cannot_use_is_400(base_url, schema, reason):
         "code": "invalid_json_schema"}
 
 
-@pytest.mark.parametrize("field, value", [("tools", [{"type": "function",
-                                                      "function": {"name": "f"}}]),
+def test_tools_render_as_training_renders_them(client, direct, tiny_base_dir):
+    """SmolLM2's template has no tool support: llama.cpp's prompt is the fallback that
+    training writes, token for token, and a request with tools is served with it."""
+    from transformers import AutoTokenizer
+
+    from tunelab.data import encoding
+    from tunelab.deploy import llama_runtime
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    prompt = llama_runtime.chat_prompt_tokens(direct, CHAT, tools)
+    trained = encoding.chat_ids(AutoTokenizer.from_pretrained(tiny_base_dir), CHAT,
+                                add_generation_prompt=True, tools=tools)
+    assert prompt == trained and llama_runtime.decode(direct, prompt).count("get_weather") == 1
+    response = chat(client, max_tokens=2, tools=tools)
+    assert response.usage.prompt_tokens == len(prompt)
+
+
+@pytest.mark.parametrize("field, value", [("tool_choice", "required"),
                                           ("logit_bias", {"1": 5}), ("presence_penalty", 1.0),
                                           ("top_logprobs", 1)])
 def test_fields_llama_cpp_is_not_asked_for_are_400(client, field, value):

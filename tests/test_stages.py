@@ -58,6 +58,16 @@ def test_prepare_lists_every_bad_record_not_just_the_first(workspace):
     assert "2 bad records" in result.stderr
 
 
+def test_prepare_names_the_example_without_the_group_by_field(workspace):
+    # The shipped params.yaml splits by `template`, which the sample generator writes.
+    (workspace / "data/raw/a.jsonl").write_text(GOOD)
+    result = run_stage("prepare", workspace)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("prepare: error: data/raw/a.jsonl:1: no field 'template' to "
+                                     "split by (prepare.group_by; \"\" splits example by example)")
+    assert not (workspace / "data/prepared").exists()
+
+
 def test_stage_reports_params_typo_with_key_and_suggestion(workspace):
     params = (workspace / "params.yaml").read_text()
     (workspace / "params.yaml").write_text(params.replace("  val_ratio:", "  val_ration:"))

@@ -38,7 +38,7 @@ def test_good_examples_pass_with_count_and_preview(tokenizer):
     assert (result.checked, result.truncated, result.errors, result.warnings) == (2, 0, [], [])
     assert result.preview.endswith("<|im_start|>assistant\n[[4<|im_end|>\n]]")
     assert result.summary() == {"examples_checked": 2, "errors": 0, "error_messages": [],
-                                "warnings": [], "truncated": 0}
+                                "warnings": [], "truncated": 0, "text_windows": 0}
 
 
 def test_prompt_longer_than_max_length_is_an_error(tokenizer):

@@ -39,6 +39,7 @@ def workspace(tiny_base_dir, tmp_path_factory):
     shutil.copytree(tiny_base_dir, root / "models/base")
     shutil.copytree(REPO / "stages", root / "stages")
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "data/heldout", root / "data/heldout")  # evaluate.heldout
     for split, n in (("train", 8), ("val", 2), ("test", 2)):
         files.write_jsonl_atomic(root / f"data/prepared/{split}.jsonl", rows(n))
     with pytest.MonkeyPatch.context() as monkeypatch:

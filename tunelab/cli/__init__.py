@@ -1,6 +1,7 @@
 """The `tunelab` command: what is not a pipeline stage.
 
     tunelab validate-data FILE...            check data files before training
+    tunelab analyze-data FILE... [--show-examples N]   token-length histogram, duplicates, loss share
     tunelab validate-config [params.yaml]    check every params section
     tunelab generate --model DIR --prompt TEXT [--compare-base]
     tunelab bench [--contenders a,b] [--repeats 3] [--steps 2]   training speed, each gain isolated

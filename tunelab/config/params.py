@@ -9,10 +9,11 @@ the user's manual; a test checks that its values equal the defaults here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Annotated, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, RootModel, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, Field, RootModel, field_validator,
+                      model_validator)
 
 from tunelab.config.schema import (Bool, Float, Int, Names, Section, Str, StepLimit, choice,
                                    complaint, is_model, parse)
@@ -23,6 +24,8 @@ PARAMS_FILE = "params.yaml"
 UNIT_INTERVAL = {"ge": 0, "lt": 1}  # shares of a whole: 0 allowed, 1 (all of it) not
 
 # The choice keys; params.CHOICES lists their options for command-line flags.
+TextSplit = choice("file", "blank_lines")
+TrainOn = choice("all_assistant", "last")
 DataFormat = choice("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
 Method = choice("lora", "qlora", "full")
 Scheduler = choice("cosine", "linear", "constant", "constant_with_warmup")
@@ -40,6 +43,45 @@ class ModelParams(Section):
     base: Str = "smollm2-135m-instruct"
 
 
+# What prepare.columns may rename a field to: the keys tunelab's formats read at a
+# record's top level or inside each message; and the role names prepare.roles may give
+# (tunelab's own and ShareGPT's). tunelab.data.columns applies the maps; a test checks
+# that the formats accept every name here.
+RECORD_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion", "text",
+                 "messages", "conversations", "task", "tools")
+MESSAGE_FIELDS = ("role", "content", "from", "value", "train", "loss_weight", "weight",
+                  "tool_calls", "tool_call_id", "name")
+ROLE_NAMES = ("system", "user", "assistant", "tool", "human", "gpt", "function_call",
+              "observation")
+
+
+def _one_of(names: tuple[str, ...], what: str):
+    def check(value: str) -> str:
+        if value not in names:
+            raise complaint(f"unknown {what} {value!r}{did_you_mean(value, names)} "
+                            f"(use one of {', '.join(names)})")
+        return value
+    return check
+
+
+def _each_target_once(columns: dict[str, str]) -> dict[str, str]:
+    targets = list(columns.values())
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise complaint(f"two fields map to '{twice[0]}'")
+    return columns
+
+
+ColumnMap = Annotated[dict[Str, Annotated[Str, AfterValidator(
+    _one_of(RECORD_FIELDS + MESSAGE_FIELDS, "tunelab field"))]], AfterValidator(_each_target_once)]
+RoleMap = dict[Str, Annotated[Str, AfterValidator(_one_of(ROLE_NAMES, "role"))]]
+
+
+class FieldMaps(Section):
+    columns: ColumnMap = {}
+    roles: RoleMap = {}
+
+
 class PrepareParams(Section):
     raw_dir: Str = "data/raw"
     format: DataFormat = "auto"
@@ -47,6 +89,11 @@ class PrepareParams(Section):
     test_ratio: Float = Field(0.1, **UNIT_INTERVAL)
     seed: Int = 42
     system_prompt: Str = ""
+    text_split: TextSplit = "file"
+    columns: ColumnMap = {}
+    roles: RoleMap = {}
+    per_file: dict[Str, FieldMaps] = {}
+    group_by: Str = ""
 
 
 class ValidateParams(Section):
@@ -87,6 +134,8 @@ class TrainParams(Section):
     weight_decay: Float = Field(0.0, ge=0)
     max_grad_norm: Float = Field(1.0, ge=0)
     max_length: Int = Field(256, gt=0)
+    train_on: TrainOn = "all_assistant"
+    text_stride: Int = Field(0, ge=0)
     seed: Int = 42
     precision: Precision = "fp32"
     gradient_checkpointing: Bool = False
@@ -104,6 +153,15 @@ class TrainParams(Section):
     quantization: QuantizationParams = Field(default_factory=QuantizationParams)
     guard: GuardParams = Field(default_factory=GuardParams)
 
+    @field_validator("text_stride")
+    @classmethod
+    def _stride_within_window(cls, stride, info):
+        max_length = info.data.get("max_length")
+        if max_length and stride > max_length:
+            raise complaint(f"must be at most train.max_length ({max_length}), got {stride}: "
+                            "a longer step would skip tokens between windows")
+        return stride
+
     @property
     def peak_learning_rate(self) -> float:
         """Full fine-tuning moves every weight, so it wants a far smaller rate."""
@@ -114,6 +172,7 @@ class EvaluateParams(Section):
     max_new_tokens: Int = Field(64, gt=0)
     batch_size: Int = Field(24, gt=0)
     max_examples: Int = Field(0, ge=0)
+    heldout: Str = ""
 
 
 class ExportParams(Section):

@@ -170,7 +170,11 @@ def model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
 
 def child_model(model: type[BaseModel], key) -> Any:
     """The type of ``key`` in ``model``: a field's annotation, or the value type of a
-    RootModel mapping (``check:``'s metric names)."""
+    RootModel mapping (``check:``'s metric names), or of a plain mapping field."""
+    if get_origin(model) is Annotated:
+        model = get_args(model)[0]
+    if get_origin(model) is dict:
+        return get_args(model)[1]
     if issubclass(model, RootModel):
         return get_args(model.model_fields["root"].annotation)[1]
     return model.model_fields[key].annotation

@@ -1,15 +1,24 @@
 """Turn a normalised example into token ids and loss labels.
 
 One function serves validation, training and evaluation, so what the validator
-checks is exactly what the trainer sees. Chat examples train on the final
-assistant turn only (the "completion"); the chat template's end-of-turn token is
-part of it, so the model learns to stop. Plain ``text`` examples train on every
-token plus EOS (domain adaptation).
+checks is exactly what the trainer sees. Chat examples train on every assistant turn
+(``train_on="all_assistant"``, skipping messages marked ``"train": false``) or on the
+final one only (``"last"``); each turn's span is where the conversation rendered up to
+and including that turn goes past the conversation rendered up to its generation
+prompt, so the chat template's end-of-turn token is part of it and the model learns
+to stop. Plain ``text`` examples train on every token plus EOS (domain adaptation).
+
+An example with ``tools`` or tool calls renders through tunelab.data.tool_calls: with
+``tools=`` where the template renders tools, else as its fallback messages. Tool
+results are never assistant turns, so they carry no loss; the calls and answers do.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tunelab.config import params
+from tunelab.data import tool_calls
 
 IGNORE_INDEX = -100  # label value that the loss skips
 
@@ -23,6 +32,7 @@ class Encoded:
     truncated: bool
     prefix_ok: bool          # prompt renders as a prefix of prompt+completion
     ends_with_eos: bool      # the completion carries the EOS token
+    trained_turns: int = 1   # assistant turns that carry loss
 
     @property
     def loss_tokens(self) -> int:
@@ -35,39 +45,97 @@ def split_prompt(example: dict) -> tuple[list[dict], dict]:
     return messages[:-1], messages[-1]
 
 
-def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    encoded = tokenizer.apply_chat_template(messages, tokenize=True,
+def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+             tools: list[dict] | None = None) -> list[int]:
+    messages, tools = template_inputs(tokenizer, messages, tools)
+    encoded = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True,
                                             add_generation_prompt=add_generation_prompt)
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def template_inputs(tokenizer, messages: list[dict],
+                    tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
+    """The messages and ``tools=`` for the tokenizer's chat template (tool_calls.for_template)."""
+    def render(probe_messages, probe_tools):
+        return tokenizer.apply_chat_template(probe_messages, tools=probe_tools, tokenize=False)
+
+    return tool_calls.for_template(messages, tools, tokenizer.chat_template, render)
 
 
 def prompt_ids(tokenizer, example: dict) -> list[int]:
     """Token ids the model sees at inference time, ending where its answer starts."""
     prompt, _ = split_prompt(example)
-    return chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    return chat_ids(tokenizer, prompt, add_generation_prompt=True, tools=example.get("tools"))
 
 
-def encode(tokenizer, example: dict, max_length: int) -> Encoded:
+TRAIN_ON = params.CHOICES["train.train_on"]  # the schema's list: what train.train_on accepts
+
+
+def trained_turns(messages: list[dict], train_on: str) -> list[int]:
+    """Indexes of the assistant messages that carry loss."""
+    if train_on not in TRAIN_ON:
+        raise ValueError(f"unknown train_on '{train_on}' (use {', '.join(TRAIN_ON)})")
+    if train_on == "last":  # the final answer, as evaluation scores it
+        return [len(messages) - 1]
+    return [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("train", True)]
+
+
+def encode(tokenizer, example: dict, max_length: int, train_on: str = "all_assistant") -> Encoded:
     if "text" in example:
         ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"]
         ids = ids + [tokenizer.eos_token_id]
         return _finish(ids, ids, 0, max_length, prefix_ok=True, ends_with_eos=True)
 
-    prompt = prompt_ids(tokenizer, example)
-    full = chat_ids(tokenizer, example["messages"])
-    prefix_ok = full[:len(prompt)] == prompt
-    prompt_len = _common_prefix(prompt, full)
-    completion = full[prompt_len:]
-    labels = [IGNORE_INDEX] * prompt_len + completion
-    return _finish(full, labels, prompt_len, max_length, prefix_ok,
-                   ends_with_eos=tokenizer.eos_token_id in completion)
+    # Transformed first, so the turn indexes below are those of the rendered messages.
+    messages, tools = template_inputs(tokenizer, example["messages"], example.get("tools"))
+    full = chat_ids(tokenizer, messages, tools=tools)
+    labels = [IGNORE_INDEX] * len(full)
+    prefix_ok, start = True, len(full)
+    turns = trained_turns(messages, train_on)
+    for index in turns:
+        before = chat_ids(tokenizer, messages[:index], add_generation_prompt=True, tools=tools)
+        start = _common_prefix(before, full)
+        prefix_ok &= start == len(before)
+        # The final turn runs to the end (with the template's closing tokens); an earlier
+        # one to where the conversation rendered up to it stops agreeing with the whole.
+        end = len(full) if index == len(messages) - 1 else _common_prefix(
+            chat_ids(tokenizer, messages[:index + 1], tools=tools), full)
+        labels[start:end] = full[start:end]
+    return _finish(full, labels, start, max_length, prefix_ok,
+                   ends_with_eos=tokenizer.eos_token_id in full[start:], trained_turns=len(turns))
 
 
-def _finish(ids, labels, prompt_len, max_length, prefix_ok, ends_with_eos) -> Encoded:
+def windows(tokenizer, example: dict, max_length: int, train_on: str = "all_assistant",
+            stride: int = 0) -> list[Encoded]:
+    """The training rows of one example. A chat example is one row (cut at max_length,
+    as the validator reports); a ``text`` example longer than max_length becomes windows of
+    max_length tokens, each starting ``stride`` tokens (0 = max_length) after the last.
+    Where windows overlap, the later one sees the overlap as context only, so each token
+    carries loss once (the sliding window of Hugging Face's perplexity guide)."""
+    if "text" not in example:
+        return [encode(tokenizer, example, max_length, train_on)]
+    whole = encode(tokenizer, example, 1 << 30)
+    ids, step = whole.input_ids, stride or max_length
+    if not 0 < step <= max_length:
+        raise ValueError(f"stride {stride} must be between 0 and max_length ({max_length})")
+    rows, begin, trained_to = [], 0, 0
+    while trained_to < len(ids):
+        end = min(begin + max_length, len(ids))
+        window = ids[begin:end]
+        labels = [IGNORE_INDEX] * (trained_to - begin) + window[trained_to - begin:]
+        rows.append(Encoded(input_ids=window, labels=labels, prompt_tokens=trained_to - begin,
+                            full_tokens=len(window), truncated=False, prefix_ok=True,
+                            ends_with_eos=end == len(ids)))
+        begin, trained_to = begin + step, end
+    return rows
+
+
+def _finish(ids, labels, prompt_len, max_length, prefix_ok, ends_with_eos,
+            trained_turns: int = 1) -> Encoded:
     return Encoded(input_ids=ids[:max_length], labels=labels[:max_length],
                    prompt_tokens=prompt_len, full_tokens=len(ids),
                    truncated=len(ids) > max_length, prefix_ok=prefix_ok,
-                   ends_with_eos=ends_with_eos)
+                   ends_with_eos=ends_with_eos, trained_turns=trained_turns)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,31 +1,41 @@
-"""Read user training data (.jsonl, .json array, .csv, .parquet) in any of
-FORMATS and normalise each record to tunelab's one example schema:
+"""Normalise a record of user training data, in any of FORMATS, to tunelab's one
+example schema (tunelab.data.readers reads the files):
 
     {"messages": [{"role": ..., "content": ...}, ...], "task": ..., "source": "path:line"}
     {"text": ..., "task": ..., "source": "path:line"}
 
+A message opted out of the loss (``"train": false``, or ``"loss_weight"``/``"weight"``
+0, the axolotl and LLaMA-Factory spellings) keeps ``"train": false``; content given as
+a list of text parts (OpenAI's and Hugging Face's form) is joined into one string.
+Tool calls (OpenAI's ``tool_calls`` and ``tool`` messages, ShareGPT's ``function_call``
+and ``observation`` turns) and a record's ``tools`` take tunelab.data.tool_calls' shape,
+and are checked there; the example then carries ``"tools"`` too.
+
 Any problem in the data raises ``DataError`` as one line ``path:line: reason``,
-so a typo in row 40,000 is found in seconds. "line" is the real file line for
-.jsonl, .json and .csv, and the row number (from 1) for .parquet. Files are
-only ever read.
+so a typo in row 40,000 is found in seconds.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from tunelab.config import params
+from tunelab.data import readers, tool_calls
 from tunelab.errors import DataError
+from tunelab.util.names import shown as _shown, type_name as _type_name
 
 FORMATS = params.CHOICES["prepare.format"]  # the schema's list: what prepare.format accepts
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+# Parts of a message's content list that are not text: refused, not dropped.
+MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "video", "video_url", "file")
+TEXT_KEYS = ("text", "value")  # the text of a part: OpenAI/HF spell it `text`, some projects `value`
+# ShareGPT's tool turns (glaive, LLaMA-Factory): `function_call` holds the call as JSON,
+# `observation` the tool's result.
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user",
-                  "gpt": "assistant", "assistant": "assistant", "bot": "assistant"}
+                  "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
+                  "function_call": "assistant", "observation": "tool"}
 # Auto-detection: the first key present decides; one distinctive key is
 # enough, so a half-filled alpaca record gets "missing field 'output'" rather
 # than a vague "cannot tell the format".
@@ -35,26 +45,7 @@ DETECTED_BY = (("messages", "chat"), ("conversations", "sharegpt"), ("instructio
 
 def load_examples(path: str | os.PathLike, fmt: str = "auto") -> list[dict]:
     """Read ``path`` and normalise every record; ``fmt="auto"`` detects per record."""
-    return [normalise(record, fmt, f"{path}:{line}") for line, record in read_records(path)]
-
-
-def read_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """Return ``(line, record)`` pairs from a .jsonl, .json, .csv or .parquet file."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        records = _parquet_records(path)
-    elif suffix in (".jsonl", ".json", ".csv"):
-        text = _read_utf8(path)
-        if not text.strip():
-            raise DataError(f"{path}: empty file")
-        parse = {".jsonl": _jsonl_records, ".json": _json_records, ".csv": _csv_records}[suffix]
-        records = parse(path, text)
-    else:
-        kind = f"'{suffix}'" if suffix else "(no extension)"
-        raise DataError(f"{path}: unsupported file type {kind} (use .jsonl, .json, .csv, .parquet)")
-    if not records:
-        raise DataError(f"{path}: no records")
-    return records
+    return [normalise(record, fmt, f"{path}:{line}") for line, record in readers.read_records(path)]
 
 
 def detect_format(record: dict) -> str:
@@ -80,6 +71,10 @@ def normalise(record: dict, fmt: str, source: str) -> dict:
             example: dict[str, Any] = {"text": _required_str(record, "text")}
         else:
             example = {"messages": _messages(record, fmt)}
+            tools = tool_calls.normalise_tools(record.get("tools"))
+            tool_calls.check_calls(example["messages"], tools)
+            if tools:
+                example["tools"] = tools
         example["task"] = _optional_str(record, "task")
     except ValueError as err:
         raise DataError(f"{source}: {err}") from None
@@ -111,6 +106,8 @@ def _messages(record: dict, fmt: str) -> list[dict]:
         raise ValueError("conversation has no user message")
     if messages[-1]["role"] != "assistant":
         raise ValueError("conversation must end with an assistant message")
+    if not any(m["role"] == "assistant" and m.get("train", True) for m in messages):
+        raise ValueError("every assistant message is opted out of the loss; nothing would train")
     return messages
 
 
@@ -127,8 +124,67 @@ def _conversation(record: dict, key: str, role_key: str, content_key: str,
         role = _required(turn, role_key, str, where)
         if role not in role_names:
             raise ValueError(f"unknown role {_shown(role)}{where} (use {', '.join(role_names)})")
-        messages.append({"role": role_names[role], "content": _required_str(turn, content_key, where)})
+        message = _message(turn, role, role_names[role], content_key, where)
+        if not _trained(turn, where):
+            if message["role"] != "assistant":
+                raise ValueError(f"only assistant messages carry loss; drop the loss flag{where}")
+            message["train"] = False
+        messages.append(message)
     return messages
+
+
+def _message(turn: dict, given_role: str, role: str, content_key: str, where: str) -> dict:
+    """One message; tool calls and results in the shape of tunelab.data.tool_calls."""
+    if given_role == "function_call":  # ShareGPT: the turn's value is the call, as JSON
+        calls = tool_calls.normalise_calls(_required(turn, content_key, object, where), where)
+        return {"role": "assistant", "content": "", "tool_calls": calls}
+    if turn.get("tool_calls"):  # [] is what some exports write on every message: no calls
+        if role != "assistant":
+            raise ValueError(f"only assistant messages make tool calls{where}")
+        # The text before the calls is optional: OpenAI writes null or "" there.
+        text = "" if turn.get(content_key) in (None, "") else _content(turn, content_key, where)
+        return {"role": "assistant", "content": text,
+                "tool_calls": tool_calls.normalise_calls(turn["tool_calls"], where)}
+    message = {"role": role, "content": _content(turn, content_key, where)}
+    for key in ("tool_call_id", "name") if role == "tool" else ():
+        if turn.get(key) is not None:
+            message[key] = _required(turn, key, str, where)
+    return message
+
+
+def _content(turn: dict, key: str, where: str) -> str:
+    """A message's text: a string, or a list of text parts joined as chat templates join them."""
+    value = turn.get(key)
+    if not isinstance(value, list):
+        return _required_str(turn, key, where)
+    texts = []
+    for number, part in enumerate(value, start=1):
+        kind = part.get("type", "text") if isinstance(part, dict) else None
+        if kind in MEDIA_PARTS:
+            raise ValueError(f"multimodal content is not supported ('{kind}' part{where})")
+        text_key = next((k for k in TEXT_KEYS if isinstance(part, dict) and k in part), None)
+        if kind != "text" or text_key is None or not isinstance(part[text_key], str):
+            raise ValueError(f"content part {number}{where} must be {{\"type\": \"text\", "
+                             f"\"text\": ...}}, got {_shown(json.dumps(part, ensure_ascii=False))}")
+        texts.append(part[text_key])
+    joined = "".join(texts)
+    if not joined.strip():
+        raise ValueError(f"empty field '{key}'{where}")
+    return joined
+
+
+def _trained(turn: dict, where: str) -> bool:
+    """False when the message opts out of the loss; only 0 and 1 weights exist here."""
+    if "train" in turn:
+        return _required(turn, "train", bool, where)
+    for key in ("loss_weight", "weight"):
+        if key in turn:
+            weight = turn[key]
+            if isinstance(weight, bool) or weight not in (0, 1):
+                raise ValueError(f"field '{key}'{where} must be 0 or 1 (fractional loss weights "
+                                 f"are not supported), got {json.dumps(weight)}")
+            return weight == 1
+    return True
 
 
 def _required(record: dict, key: str, kind: type, where: str = "") -> Any:
@@ -153,125 +209,3 @@ def _optional_str(record: dict, key: str) -> str | None:
         return None
     value = _required(record, key, str)
     return value if value.strip() else None
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _shown(text: str, limit: int = 40) -> str:
-    """A user's string quoted for a message, cut short: errors stay one readable line."""
-    if len(text) <= limit:
-        return repr(text)
-    return repr(text[:limit]) + f"... ({len(text)} characters)"
-
-
-def _parse_json(path, line: int, text: str) -> Any:
-    """json.loads with every failure as a DataError naming ``path:line``."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{line + err.lineno - 1}: invalid JSON: {err.msg}") from None
-    except RecursionError:
-        raise DataError(f"{path}:{line}: invalid JSON: nested too deeply") from None
-    except ValueError:  # an integer beyond Python's digit limit
-        raise DataError(f"{path}:{line}: invalid JSON: number too large") from None
-
-
-# --- files --------------------------------------------------------------------
-
-def _read_utf8(path: str | os.PathLike) -> str:
-    data = Path(path).read_bytes()
-    # Spreadsheet tools often prepend a byte-order mark; it is not content.
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8") from None
-
-
-def _jsonl_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]:
-    records = []
-    # split("\n"), not splitlines(): the latter also breaks on characters such
-    # as U+2028 that may sit inside JSON strings, which would skew line numbers.
-    for line, row in enumerate(text.split("\n"), start=1):
-        if not row.strip():
-            continue
-        record = _parse_json(path, line, row)
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{line}: not a JSON object (got {_type_name(record)})")
-        records.append((line, record))
-    return records
-
-
-def _json_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]:
-    items = _parse_json(path, 1, text)
-    if not isinstance(items, list):
-        first_line = text[: len(text) - len(text.lstrip())].count("\n") + 1
-        raise DataError(f"{path}:{first_line}: expected a JSON array of objects, got {_type_name(items)}")
-    records = list(zip(_array_element_lines(text), items))
-    for line, item in records:
-        if not isinstance(item, dict):
-            raise DataError(f"{path}:{line}: not a JSON object (got {_type_name(item)})")
-    return records
-
-
-def _array_element_lines(text: str) -> list[int]:
-    """Line on which each element of a valid top-level JSON array starts."""
-    # A second pass with raw_decode is simpler than a line-tracking parser and
-    # cheap next to training; the text is known valid, so it cannot fail.
-    decoder = json.JSONDecoder()
-    lines, line, counted_to = [], 1, 0
-    pos = text.index("[") + 1
-    while True:
-        while text[pos] in " \t\r\n,":
-            pos += 1
-        if text[pos] == "]":
-            return lines
-        line += text.count("\n", counted_to, pos)
-        counted_to = pos
-        lines.append(line)
-        _, pos = decoder.raw_decode(text, pos)
-
-
-def _csv_records(path: str | os.PathLike, text: str) -> list[tuple[int, dict]]:
-    # Long-context examples exceed csv's default 128 KiB cell limit.
-    csv.field_size_limit(2**31 - 1)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records = []
-    try:
-        header = [name.strip() for name in next(reader)]
-        for name in header:
-            if name and header.count(name) > 1:
-                raise DataError(f"{path}:1: duplicate column {_shown(name)} in header")
-        row_start = reader.line_num + 1
-        for cells in reader:
-            # A quoted cell may span lines: the row starts where the last one ended.
-            line, row_start = row_start, reader.line_num + 1
-            if not any(cell.strip() for cell in cells):
-                continue
-            if len(cells) != len(header):
-                raise DataError(f"{path}:{line}: row has {len(cells)} cells, the header has {len(header)}")
-            # An empty cell means "not given", as a missing key does in JSON.
-            records.append((line, {name: cell for name, cell in zip(header, cells) if cell != ""}))
-    except csv.Error as err:
-        raise DataError(f"{path}:{reader.line_num}: invalid CSV: {err}") from None
-    return records
-
-
-def _parquet_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    import pyarrow  # imported here: heavy, and needed only for this file type
-    import pyarrow.parquet
-
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: empty file")
-    try:
-        rows = pyarrow.parquet.read_table(path).to_pylist()
-    except pyarrow.ArrowInvalid as err:
-        reason = str(err).splitlines()[0][:200] if str(err) else "unreadable"
-        raise DataError(f"{path}: not a valid Parquet file: {reason}") from None
-    # Nulls are how Parquet spells an empty cell: treat them as missing keys.
-    return [(index, {key: value for key, value in row.items() if value is not None})
-            for index, row in enumerate(rows, start=1)]

@@ -1,7 +1,10 @@
 """Prepare: raw files -> deduplicated, split, normalised JSON Lines.
 
 The split is by a seeded hash of each example's content, not by position, so
-adding a file later keeps the old examples in the splits they were in.
+adding a file later keeps the old examples in the splits they were in. With
+prepare.group_by the hash is of a field's value instead (a template, a product, a
+near-duplicate cluster), so examples that share it stay on one side: a test split of
+unseen groups, not of near-copies of training examples.
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from tunelab.data import formats
+from tunelab.data import columns, formats, readers
 from tunelab.errors import DataError
-
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass
@@ -29,29 +31,36 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
     folder = Path(raw_dir)
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder not found (prepare.raw_dir)")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and readers.is_data_file(p))
     if not files:
-        raise DataError(f"{folder}: no data files (.jsonl .json .csv .parquet)")
+        raise DataError(f"{folder}: no data files ({' '.join(readers.SUFFIXES)})")
     return files
 
 
-def load_files(paths, fmt: str = "auto", system_prompt: str = "") -> LoadResult:
-    """Read and normalise every record, collecting every error rather than the first."""
+def load_files(paths, fmt: str = "auto", system_prompt: str = "", text_split: str = "file",
+               mapping_for: Callable[[Path], columns.Mapping] | None = None,
+               group_by: str = "") -> LoadResult:
+    """Read and normalise every record, collecting every error rather than the first.
+    ``mapping_for(path)`` gives a file's column and role maps (columns.from_params);
+    ``group_by`` names the record field each example keeps as its ``group`` (split)."""
     result = LoadResult()
     for path in paths:
         try:
-            records = formats.read_records(path)
+            records = readers.read_records(path, text_split)
         except DataError as err:
             result.errors.append(str(err))
             continue
+        mapping = mapping_for(Path(path)) if mapping_for else columns.Mapping()
         for line, record in records:
             try:
-                example = formats.normalise(record, fmt, f"{path}:{line}")
+                example = formats.normalise(columns.apply(record, mapping), fmt, f"{path}:{line}")
             except DataError as err:
                 result.errors.append(str(err))
                 continue
             if system_prompt and "messages" in example and example["messages"][0]["role"] != "system":
                 example["messages"].insert(0, {"role": "system", "content": system_prompt})
+            if group_by and record.get(group_by) is not None:  # a missing one: split() says where
+                example["group"] = record[group_by]
             result.examples.append(example)
         result.files[str(path)] = len(records)
     kinds = {"text" if "text" in e else "chat" for e in result.examples}
@@ -62,9 +71,22 @@ def load_files(paths, fmt: str = "auto", system_prompt: str = "") -> LoadResult:
     return result
 
 
+def load_file(path, fmt: str = "auto", system_prompt: str = "", params_key: str = "") -> list[dict]:
+    """One file's examples, normalised as load_files does (no dedupe, no split), for data
+    read beside the prepared splits; DataError on the first bad record."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found" + (f" ({params_key})" if params_key else ""))
+    loaded = load_files([path], fmt, system_prompt)
+    if loaded.errors:
+        more = len(loaded.errors) - 1
+        raise DataError(loaded.errors[0] + (f" (and {more} more bad records)" if more else ""))
+    return loaded.examples
+
+
 def content_key(example: dict) -> str:
-    """What makes two examples duplicates: their text, not where they came from."""
-    body = {k: v for k, v in example.items() if k != "source"}
+    """What makes two examples duplicates: their text, not where they came from (their
+    source, their group)."""
+    body = {k: v for k, v in example.items() if k not in ("source", "group")}
     return json.dumps(body, sort_keys=True, ensure_ascii=False)
 
 
@@ -79,26 +101,38 @@ def deduplicate(examples: list[dict]) -> tuple[list[dict], int]:
     return kept, len(examples) - len(kept)
 
 
-def split(examples: list[dict], val_ratio: float, test_ratio: float, seed: int) -> dict[str, list]:
-    """Assign each example by where its seeded content hash falls in [0, 1).
+def split(examples: list[dict], val_ratio: float, test_ratio: float, seed: int,
+          group_by: str = "") -> dict[str, list]:
+    """Assign each example by where its seeded content hash falls in [0, 1); with
+    ``group_by``, the hash of its ``group`` (load_files), so a group is never split.
 
     Membership depends only on the example itself, so adding data never moves
     an old example to another split; sizes are therefore close to, not exactly,
-    the ratios.
+    the ratios (with groups, a whole group at a time).
     """
     parts: dict[str, list] = {"train": [], "val": [], "test": []}
     for example in examples:  # file order is kept inside each split: easier to read and diff
-        digest = hashlib.sha256(f"{seed}\0{content_key(example)}".encode()).digest()
+        key = group_key(example, group_by) if group_by else content_key(example)
+        digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
         position = int.from_bytes(digest[:8], "big") / 2**64
         name = "test" if position < test_ratio else "val" if position < test_ratio + val_ratio else "train"
         parts[name].append(example)
     empty = [name for name, ratio in (("train", 1), ("val", val_ratio), ("test", test_ratio))
              if ratio > 0 and not parts[name]]
     if empty:
-        raise DataError(f"only {len(examples)} unique examples: the {' and '.join(empty)} split "
+        counted = (f"{len({group_key(e, group_by) for e in examples})} groups (prepare.group_by="
+                   f"{group_by})" if group_by else f"{len(examples)} unique examples")
+        raise DataError(f"only {counted}: the {' and '.join(empty)} split "
                         f"would be empty (prepare.val_ratio={val_ratio}, "
                         f"prepare.test_ratio={test_ratio}); add data or raise the ratios")
     return parts
+
+
+def group_key(example: dict, group_by: str) -> str:
+    if "group" not in example:
+        raise DataError(f"{example.get('source', '?')}: no field '{group_by}' to split by "
+                        f"(prepare.group_by; \"\" splits example by example)")
+    return json.dumps(example["group"], sort_keys=True, ensure_ascii=False)
 
 
 def length_stats(lengths: list[int]) -> dict:

@@ -16,6 +16,7 @@ from tunelab.data import encoding, prepare
 class ValidationResult:
     checked: int = 0
     truncated: int = 0
+    windows: int = 0         # training rows of the text examples (long ones are cut into several)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     preview: str = ""
@@ -27,33 +28,39 @@ class ValidationResult:
     def summary(self) -> dict:
         return {"examples_checked": self.checked, "errors": len(self.errors),
                 "error_messages": self.errors[:50], "warnings": self.warnings,
-                "truncated": self.truncated}
+                "truncated": self.truncated, "text_windows": self.windows}
 
 
 def check_examples(examples: list[dict], tokenizer, max_length: int,
-                   max_truncated_ratio: float = 0.05) -> ValidationResult:
+                   max_truncated_ratio: float = 0.05,
+                   train_on: str = "all_assistant", text_stride: int = 0) -> ValidationResult:
     result = ValidationResult()
     if any("messages" in e for e in examples) and not tokenizer.chat_template:
         result.errors.append("the base model's tokenizer has no chat template; "
                              "use plain `text` data or a model with a chat template")
         return result
     eos = tokenizer.eos_token
-    prefix_mismatches = 0
+    prefix_mismatches, preview_turns = 0, 0
     for example in examples:
-        encoded = encoding.encode(tokenizer, example, max_length)
+        rows = encoding.windows(tokenizer, example, max_length, train_on, text_stride)
+        encoded = rows[0]
+        result.windows += len(rows) if "text" in example else 0
         source = example.get("source", "?")
         result.checked += 1
         result.truncated += encoded.truncated
         prefix_mismatches += not encoded.prefix_ok
-        if not encoded.ends_with_eos:
+        if not rows[-1].ends_with_eos:  # a long text's EOS is in its last window
             result.errors.append(f"{source}: the chat template loses the EOS token {eos!r} after the "
                                  "answer, so the model would never learn to stop")
         elif encoded.loss_tokens == 0:
             result.errors.append(
                 f"{source}: the prompt alone is {encoded.prompt_tokens} tokens, so no answer token "
                 f"survives train.max_length={max_length} (raise train.max_length or shorten it)")
-        if not result.preview and encoded.loss_tokens:
+        # The preview shows the first example with the most trained turns: a multi-turn
+        # file's preview then shows loss on every assistant turn, not a one-turn example.
+        if encoded.loss_tokens and encoded.trained_turns > preview_turns:
             result.preview = encoding.render_loss_preview(tokenizer, encoded)
+            preview_turns = encoded.trained_turns
     if result.truncated:
         share = result.truncated / max(result.checked, 1)
         message = (f"{result.truncated} of {result.checked} examples ({share:.0%}) are cut at "
@@ -69,9 +76,12 @@ def check_examples(examples: list[dict], tokenizer, max_length: int,
 
 
 def validate_files(paths, tokenizer, max_length: int, fmt: str = "auto",
-                   max_truncated_ratio: float = 0.05) -> ValidationResult:
+                   max_truncated_ratio: float = 0.05, train_on: str = "all_assistant",
+                   text_split: str = "file", text_stride: int = 0,
+                   mapping_for=None) -> ValidationResult:
     """All checks on arbitrary files: parsing first, then tokenizer checks."""
-    loaded = prepare.load_files(paths, fmt)
-    result = check_examples(loaded.examples, tokenizer, max_length, max_truncated_ratio)
+    loaded = prepare.load_files(paths, fmt, text_split=text_split, mapping_for=mapping_for)
+    result = check_examples(loaded.examples, tokenizer, max_length, max_truncated_ratio, train_on,
+                            text_stride)
     result.errors = loaded.errors + result.errors
     return result

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from tunelab.data import tool_calls
 from tunelab.errors import DeployError
 
 DEFAULT_CONTEXT = 2048  # tokens of KV cache; raise it for long prompts (memory grows with it)
@@ -66,13 +67,18 @@ def chat_template(llm) -> str:
     return template
 
 
-def chat_prompt_tokens(llm, messages: list[dict]) -> list[int]:
-    """Prompt token ids for ``messages``, ending where the assistant's answer starts."""
+def chat_prompt_tokens(llm, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """Prompt token ids for ``messages``, ending where the assistant's answer starts; tools
+    and tool calls rendered by the function training uses (tool_calls.for_template)."""
     model = llm._model  # llama-cpp-python's own handler reads the BOS/EOS text from here
     eos, bos = llm.token_eos(), llm.token_bos()
-    rendered = chat_formatter(chat_template(llm),
-                              model.token_get_text(eos) if eos != -1 else "",
-                              model.token_get_text(bos) if bos != -1 else "")(messages=messages)
+    template = chat_template(llm)
+    formatter = chat_formatter(template, model.token_get_text(eos) if eos != -1 else "",
+                               model.token_get_text(bos) if bos != -1 else "")
+    messages, tools = tool_calls.for_template(
+        messages, tools, template, lambda probe, probe_tools: formatter(
+            messages=probe, tools=probe_tools).prompt)
+    rendered = formatter(messages=messages, tools=tools)
     return text_tokens(llm, rendered.prompt, add_bos=not rendered.added_special)
 
 

@@ -66,13 +66,15 @@ class HeldOut:
     prompts: list[list[int]]       # their token ids as the trainer built them
     references: list[str]          # the reference answers
     transformers_answers: list[str]  # metrics/samples.jsonl's tuned answers
+    tools: list[list[dict] | None]  # each example's tools (None: it has none)
 
 
 def held_out(tokenizer, examples: list[dict], transformers_answers: list[str]) -> HeldOut:
     chats = chat_examples(examples)
     return HeldOut([encoding.split_prompt(e)[0] for e in chats],
                    [encoding.prompt_ids(tokenizer, e) for e in chats],
-                   [encoding.split_prompt(e)[1]["content"] for e in chats], transformers_answers)
+                   [encoding.split_prompt(e)[1]["content"] for e in chats], transformers_answers,
+                   [e.get("tools") for e in chats])
 
 
 def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
@@ -83,9 +85,10 @@ def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
                              lora=contender.lora_file)
     answers, differ, tokens, seconds = [], 0, 0, 0.0
     with contextlib.closing(llm):
-        for i, (messages, trained) in enumerate(tqdm(list(zip(split.messages, split.prompts)),
-                                                     desc=f"llama.cpp {contender.name}")):
-            prompt = llama_runtime.chat_prompt_tokens(llm, messages)
+        for i, (messages, tools, trained) in enumerate(tqdm(
+                list(zip(split.messages, split.tools, split.prompts)),
+                desc=f"llama.cpp {contender.name}")):
+            prompt = llama_runtime.chat_prompt_tokens(llm, messages, tools)
             differ += prompt != trained
             generation = llama_runtime.generate(llm, prompt, max_new_tokens)
             answers.append(generation.text)

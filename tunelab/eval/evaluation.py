@@ -41,7 +41,7 @@ def completion_loss(model, tokenizer, examples: list[dict], batch_size: int,
     the vocabulary-wide head is the largest matmul of a small model. The same loss up to
     float rounding as computing every position (tests/test_generation_speed.py)."""
     total_nll, total_tokens = 0.0, 0
-    encoded = [encoding.encode(tokenizer, e, max_length=1 << 30) for e in examples]
+    encoded = [encoding.encode(tokenizer, e, max_length=1 << 30, train_on="last") for e in examples]
     # Batches of similar lengths pad less; the loss is a sum, so the order does not matter.
     encoded.sort(key=lambda e: len(e.input_ids), reverse=True)
     device = model.device

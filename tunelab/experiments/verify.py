@@ -1,10 +1,11 @@
 """`tunelab verify-repro`: rerun train + evaluate in a scratch folder and compare
 their metrics with the workspace's, key by key.
 
-The scratch folder gets this workspace's params.yaml and links to models/base and
-data/prepared (only read); the stage scripts run there as `dvc repro` would run
-them, so their outputs never touch the workspace. On CPU the same params, data
-and seed give the same numbers exactly, so the default tolerance is 0.
+The scratch folder gets this workspace's params.yaml and links to models/base,
+data/prepared and the held-out file evaluate.heldout names (only read); the stage
+scripts run there as `dvc repro` would run them, so their outputs never touch the
+workspace. On CPU the same params, data and seed give the same numbers exactly, so the
+default tolerance is 0.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tunelab.config import params
 from tunelab.errors import DataError
 from tunelab.experiments import stage_commands
 from tunelab.util.names import flatten
@@ -68,7 +70,8 @@ def prepare_scratch(workspace: Path, scratch: Path) -> None:
         raise DataError(f"{', '.join(missing)} not found in {workspace}: run `dvc repro` first")
     scratch.mkdir(parents=True, exist_ok=True)
     shutil.copy2(workspace / "params.yaml", scratch / "params.yaml")
-    for name in LINKED:
+    heldout = params.load("evaluate", workspace / "params.yaml").heldout
+    for name in (*LINKED, *([heldout] if heldout else [])):
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         if not (scratch / name).exists():
             os.symlink((workspace / name).resolve(), scratch / name)

@@ -118,22 +118,28 @@ class FileChecker:
         self.tokenizer = None
         self.prepare = params.load("prepare")
         self.validate = params.load("validate")
-        self.max_length = params.load("train").max_length
+        train = params.load("train")
+        self.max_length, self.train_on = train.max_length, train.train_on
+        self.text_stride = train.text_stride
 
     def errors(self, path: Path) -> list[str]:
-        from tunelab.data import prepare, validation
+        from tunelab.data import columns, prepare, readers, validation
 
-        if path.suffix.lower() not in prepare.DATA_SUFFIXES:
-            return [f"{path.name}: unsupported file type (use {' '.join(prepare.DATA_SUFFIXES)})"]
+        if not readers.is_data_file(path):
+            return [f"{path.name}: unsupported file type (use {' '.join(readers.SUFFIXES)})"]
+        mapping_for = columns.from_params(self.prepare, self.repo / self.prepare.raw_dir)
         base = self.repo / "models/base"
         if not (base / "tokenizer_config.json").is_file():
-            return prepare.load_files([path], self.prepare.format).errors
+            return prepare.load_files([path], self.prepare.format, text_split=self.prepare.text_split,
+                                      mapping_for=mapping_for).errors
         if self.tokenizer is None:
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(base)
         result = validation.validate_files([path], self.tokenizer, self.max_length,
-                                           self.prepare.format, self.validate.max_truncated_ratio)
+                                           self.prepare.format, self.validate.max_truncated_ratio,
+                                           self.train_on, self.prepare.text_split,
+                                           self.text_stride, mapping_for)
         # The pipeline's validate stage fails on warnings too when fail_on_warning is set.
         return result.errors + (result.warnings if self.validate.fail_on_warning else [])
 

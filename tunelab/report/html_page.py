@@ -33,8 +33,16 @@ ABSOLUTE_TOLERANCE = 1e-6
 PLOT_ORDER = ("base_vs_tuned", "loss", "learning_rate", "grad_norm")
 PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned on the 0..1 metrics",
                  "loss": "Training and evaluation loss", "learning_rate": "Learning rate schedule",
-                 "grad_norm": "Gradient norm during training"}
+                 "grad_norm": "Gradient norm during training",
+                 "token_lengths": "Token lengths of the raw examples against train.max_length "
+                                  "(metrics/data.json, analysis)"}
+# Plots of the data, shown in the Data section next to metrics/data.json, not under Plots.
+DATA_PLOTS = ("token_lengths",)
+# metrics/data.json rows the Data section leaves out: the histogram's bins are its plot.
+HIDDEN_DATA_ROWS = ("analysis.histogram.",)
 STATUS_STYLES = {"improved": "green", "worse": "red", "same": "dim", "n/a": "dim"}
+# Of the held-out set, the headline numbers only: its every metric would double the table.
+HELDOUT_METRICS = ("task_accuracy", "json_valid", "exact_match", "loss")
 
 # metrics/export.json (the export stage): one object per model, "transformers" the reference
 # the GGUF files are compared with, "lora" the adapter GGUF applied to a base GGUF.
@@ -59,7 +67,8 @@ class MetricRow:
 
 
 def metric_rows(eval_metrics: dict) -> list[MetricRow]:
-    """The numeric metrics present for both models, in eval.json's order."""
+    """The numeric metrics present for both models, in eval.json's order; then the
+    held-out set's (evaluate.heldout) HELDOUT_METRICS, named "heldout NAME"."""
     base, tuned = eval_metrics.get("base", {}), eval_metrics.get("tuned", {})
     rows = []
     for name, base_value in base.items():
@@ -68,6 +77,9 @@ def metric_rows(eval_metrics: dict) -> list[MetricRow]:
             continue
         rows.append(MetricRow(name, base_value, tuned_value, tuned_value - base_value,
                               compare_status(name, base_value, tuned_value)))
+    if isinstance(eval_metrics.get("heldout"), dict):
+        rows += [MetricRow(f"heldout {row.name}", row.base, row.tuned, row.change, row.status)
+                 for row in metric_rows(eval_metrics["heldout"]) if row.name in HELDOUT_METRICS]
     return rows
 
 
@@ -180,18 +192,23 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
                       if isinstance(params.get(section), dict)}
     env = templating.environment({"value": format_value, "change": format_change})
     template = env.get_template("report.html.j2")
+    plots = [(path.stem, _embed_png(path))
+             for path in sorted(map(Path, plot_paths), key=_plot_sort_key)]
     return template.render(
         title=title,
         method=eval_metrics.get("method"),
         test_examples=eval_metrics.get("examples"),
         metric_rows=metric_rows(eval_metrics),
         param_sections=param_sections,
-        data_stats=None if data_stats is None else table_rows(data_stats),
+        data_stats=None if data_stats is None else [(key, value) for key, value in
+                                                    table_rows(data_stats)
+                                                    if not key.startswith(HIDDEN_DATA_ROWS)],
+        data_plots=[plot for stem, plot in plots if stem in DATA_PLOTS],
         validation=None if validation is None else table_rows(validation),
         export_columns=EXPORT_COLUMNS,
         export_rows=None if export is None else export_rows(export),
         export_settings=None if export is None else export_settings(export),
-        plots=[_embed_png(path) for path in sorted(map(Path, plot_paths), key=_plot_sort_key)],
+        plots=[plot for stem, plot in plots if stem not in DATA_PLOTS],
         # Missing fields render empty: one odd row must not sink the whole report.
         samples=[{field: str(sample.get(field, "")) for field in SAMPLE_FIELDS}
                  for sample in samples[:max_samples]],

@@ -1,4 +1,5 @@
-"""PNG figures for a run: training curves from DVCLive, and base vs tuned bars.
+"""PNG figures for a run: training curves from DVCLive, base vs tuned bars, and the
+token-length histogram of metrics/data.json.
 
 Every figure is written through ``files.atomic_path`` so a crash mid-save never
 leaves a truncated PNG that a later report would embed.
@@ -92,6 +93,39 @@ def plot_base_vs_tuned(eval_metrics: dict, out_path: str | os.PathLike,
     ax.set_title("Base vs tuned on the test split")
     ax.legend(loc="upper left", ncols=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_path, dpi)
+
+
+def plot_token_lengths(data_stats: dict, out_path: str | os.PathLike,
+                       dpi: int = DEFAULT_DPI) -> Path | None:
+    """The token-length histogram of metrics/data.json's "analysis" (tunelab.data.analysis):
+    bars per bin, a solid line at train.max_length, dashed ones at p95 and p99.
+
+    Returns the path written, or None when data_stats has no histogram (an older file).
+    """
+    analysis = data_stats.get("analysis")
+    if not isinstance(analysis, dict) or "histogram" not in analysis:
+        return None
+    edges, counts = analysis["histogram"]["edges"], analysis["histogram"]["counts"]
+    max_length, lengths = analysis["max_length"], analysis["token_lengths"]
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.bar(edges[:-1], counts, width=analysis["histogram"]["bin_width"], align="edge",
+           color="#2f6fde", edgecolor="white")
+    for name, style in (("p95", "--"), ("p99", ":")):
+        ax.axvline(lengths[name], color="#616e7c", linestyle=style, label=f"{name} = {lengths[name]}")
+    title = "Token lengths of the examples"
+    if max_length <= edges[-1]:  # analysis leaves it off the chart when it is far above the data
+        ax.axvline(max_length, color="#b42318", label=f"train.max_length = {max_length}")
+    else:
+        title += f" (train.max_length = {max_length}, off the chart)"
+    cut = analysis["truncated"]["examples"]
+    ax.set_title(f"{title}: {cut} of {analysis['examples']} cut")
+    ax.set_xlabel("tokens per example (before truncation)")
+    ax.set_ylabel("examples")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False)
     return _save(fig, out_path, dpi)
 
 

@@ -71,10 +71,13 @@ class Engine:
         if name not in self.names:
             raise model_not_found(name, self.names)
 
-    def chat_prompt(self, model: str, messages: list[dict]) -> list[int]:
-        """Prompt ids of ``messages`` (one tokenizer and template for every model here)."""
+    def chat_prompt(self, model: str, messages: list[dict],
+                    tools: list[dict] | None = None) -> list[int]:
+        """Prompt ids of ``messages`` (one tokenizer and template for every model here),
+        rendered with ``tools`` as training renders them."""
         try:
-            return encoding.chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+            return encoding.chat_ids(self.tokenizer, messages, add_generation_prompt=True,
+                                     tools=tools)
         except Exception as err:  # the template itself rejects e.g. a role order
             raise ApiError(400, f"messages: the chat template rejected them: {err}",
                            param="messages") from None

@@ -55,9 +55,10 @@ class GgufEngine:
         if name not in self.models:
             raise model_not_found(name, self.names)
 
-    def chat_prompt(self, model: str, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, model: str, messages: list[dict],
+                    tools: list[dict] | None = None) -> list[int]:
         try:
-            return llama_runtime.chat_prompt_tokens(self.models[model], messages)
+            return llama_runtime.chat_prompt_tokens(self.models[model], messages, tools)
         except DeployError as err:  # the GGUF has no chat template
             raise ApiError(400, f"messages: {model}: {err}", param="messages") from None
         except Exception as err:  # the template itself rejects e.g. a role order

@@ -2,7 +2,7 @@
 
 The field names, defaults, ranges and error shape follow the OpenAI API, so the
 official clients work unchanged. No field is silently ignored: every request model
-refuses what it does not declare (a 400 naming the field: ``tools``, ``logit_bias``,
+refuses what it does not declare (a 400 naming the field: ``functions``, ``logit_bias``,
 ``echo``, a typo), and a declared field the server cannot honour in some value is
 refused in that value (``n`` > 1, ``logprobs``, non-zero penalties, ``store`` true).
 A field sent as null asks for nothing, so it passes whatever its name. Besides what
@@ -10,15 +10,25 @@ changes the answer, ``user`` alone is accepted: it only names the caller's end u
 (OpenAI uses it for abuse monitoring) and changes no output, and clients pass it
 through. ``metadata`` is refused: it labels stored completions, and this server
 stores none, so it would be lost without a word.
+
+Tools take OpenAI's shape: ``tools`` (function schemas; ``strict`` true is refused, as
+nothing holds the arguments to the schema), ``tool_choice`` "auto" or "none" (any other
+value is refused), assistant messages with ``tool_calls`` (``arguments`` a JSON string)
+and ``tool`` messages. ``as_template_message`` and ``template_tools`` turn them into
+tunelab.data.tool_calls' shape, the one training renders.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
+
+from tunelab.data import tool_calls
 
 
 class ApiError(Exception):
@@ -64,15 +74,71 @@ class TextPart(StrictModel):
     text: str
 
 
+class FunctionCall(StrictModel):
+    name: str = Field(min_length=1)
+    arguments: str  # JSON text, as OpenAI sends it
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, arguments, info: ValidationInfo):
+        # The check training data gets: a ValueError unless a JSON object.
+        tool_calls.normalise_call({"name": info.data.get("name", "?"), "arguments": arguments}, "")
+        return arguments
+
+
+class ToolCall(StrictModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictModel):
     # "developer" is OpenAI's newer name for "system".
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None  # None only beside tool_calls
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_its_role(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError("only tool messages have a tool_call_id")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is required (it may be null only beside tool_calls)")
+        return self
 
     def as_template_message(self) -> dict:
         text = self.content if isinstance(self.content, str) else \
-            "".join(part.text for part in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+            "".join(part.text for part in self.content or [])
+        message = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            message["tool_calls"] = [tool_calls.normalise_call(call.model_dump(exclude_none=True),
+                                                               "") for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class FunctionDefinition(StrictModel):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")  # OpenAI's rule
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("strict")
+    @classmethod
+    def _not_strict(cls, strict):
+        if strict:
+            raise ValueError("strict function calling is not supported by this server (nothing "
+                             "holds the arguments to the schema); send false or leave it out")
+        return strict
+
+
+class ToolDefinition(StrictModel):
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class StreamOptions(StrictModel):
@@ -167,9 +233,33 @@ class SamplingRequest(StrictModel):
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)  # OpenAI's newer name
+    tools: list[ToolDefinition] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, tools):
+        tool_calls.normalise_tools([tool.model_dump(exclude_none=True) for tool in tools])
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _auto_or_none(cls, tool_choice):
+        if tool_choice not in ("auto", "none"):
+            raise ValueError("only 'auto' and 'none' are supported by this server, got "
+                             f"{json.dumps(tool_choice)}")
+        return tool_choice
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def template_tools(self) -> list[dict] | None:
+        """The tools to show the model, in tunelab.data.tool_calls' shape: none when
+        ``tool_choice`` is "none" (the model is not to call them, so it is not shown them)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return tool_calls.normalise_tools([tool.model_dump(exclude_none=True)
+                                           for tool in self.tools])
 
 
 class CompletionRequest(SamplingRequest):
@@ -195,12 +285,28 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_response(model: str, text: str, finish_reason: str, prompt_tokens: int,
-                  completion_tokens: int) -> dict:
+                  completion_tokens: int, calls: list[dict] | None = None) -> dict:
+    """``calls`` (tunelab.data.tool_calls' shape) go out as OpenAI's ``tool_calls``, the
+    text beside them as ``content`` (null when there is none), finish reason tool_calls
+    (unless the answer was cut at the token limit)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message = {"role": "assistant", "content": text or None,
+                   "tool_calls": [wire_call(call) for call in calls]}
+        finish_reason = "length" if finish_reason == "length" else "tool_calls"
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def wire_call(call: dict) -> dict:
+    """A normalised call as OpenAI sends one: a fresh id, the arguments as JSON text."""
+    function = call["function"]
+    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": function["name"],
+                         "arguments": json.dumps(function["arguments"], ensure_ascii=False)}}
 
 
 def completion_response(model: str, text: str, finish_reason: str, prompt_tokens: int,

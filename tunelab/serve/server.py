@@ -11,6 +11,11 @@ Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
 400 for a bad request (also malformed JSON and schema errors, not FastAPI's 422),
 401 for a missing or wrong key, 404 for an unknown model or route, 429 when too many
 requests are pending. A field the server does not honour is a 400 naming it (schemas).
+
+Tools are rendered as training renders them (tunelab.data.tool_calls), and ``<tool_call>``
+blocks in the answer come back as OpenAI's ``tool_calls`` (finish reason ``tool_calls``;
+blocks that are not calls of the request's tools stay text). Streaming with tools is a
+400 naming ``stream``: a call can only be told from text once the answer is complete.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations,
@@ -26,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.data import tool_calls
 from tunelab.deploy.llama_runtime import DEFAULT_CONTEXT
 from tunelab.serve.schemas import (ApiError, ChatCompletionRequest, CompletionRequest,
                                    SamplingRequest, chat_chunk, chat_response, completion_chunk,
@@ -102,16 +108,23 @@ def create_app(engine, api_key: str | None = None,
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest):
         engine.check_model(body.model)
+        tools = body.template_tools()
+        if tools and body.stream:
+            raise ApiError(400, "stream: streaming with tools is not supported by this server "
+                           "(tool calls are read from the whole answer); send stream false",
+                           param="stream", code="unsupported_parameter")
         prompt = engine.chat_prompt(body.model,
-                                    [m.as_template_message() for m in body.messages])
-        return await respond(body, prompt, chat=True)
+                                    [m.as_template_message() for m in body.messages], tools)
+        return await respond(body, prompt, chat=True,
+                             tool_names=[tool["function"]["name"] for tool in tools or []])
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         engine.check_model(body.model)
         return await respond(body, engine.text_prompt(body.model, body.prompt), chat=False)
 
-    async def respond(body: SamplingRequest, prompt: list[int], chat: bool):
+    async def respond(body: SamplingRequest, prompt: list[int], chat: bool,
+                      tool_names: list[str] = ()):
         constraint = engine.constraint(body.model, body.response_format)  # 400 if unusable
         job = engine.submit(
             model=body.model, prompt_ids=prompt, constraint=constraint,
@@ -135,8 +148,13 @@ def create_app(engine, api_key: str | None = None,
                     _, finish_reason, prompt_tokens, completion_tokens = event
         finally:
             job.cancel.set()  # the caller went away mid-way: stop generating for it
-        build = chat_response if chat else completion_response
-        return build(body.model, "".join(parts), finish_reason, prompt_tokens, completion_tokens)
+        text = "".join(parts)
+        if not chat:
+            return completion_response(body.model, text, finish_reason, prompt_tokens,
+                                       completion_tokens)
+        text, calls = tool_calls.parse_calls(text, tool_names) if tool_names else (text, [])
+        return chat_response(body.model, text, finish_reason, prompt_tokens, completion_tokens,
+                             calls)
 
     return app
 

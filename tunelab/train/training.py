@@ -48,14 +48,15 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-def to_dataset(examples: list[dict], tokenizer, max_length: int):
+def to_dataset(examples: list[dict], tokenizer, max_length: int, train_on: str = "all_assistant",
+               text_stride: int = 0):
     from datasets import Dataset
 
     rows = []
     for example in examples:
-        encoded = encoding.encode(tokenizer, example, max_length)
-        if encoded.loss_tokens:  # the validator already rejected examples with none
-            rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
+        for encoded in encoding.windows(tokenizer, example, max_length, train_on, text_stride):
+            if encoded.loss_tokens:  # the validator already rejected examples with none
+                rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     return Dataset.from_list(rows)
 
 
@@ -231,8 +232,10 @@ def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
     model, peft_config = model_to_train(p, base_dir, precision)
     if peft_config is not None:
         check_target_modules(model, p.lora.target_modules)
-    train_set = to_dataset(read_jsonl(train_file), tokenizer, p.max_length)
-    val_set = to_dataset(read_jsonl(val_file), tokenizer, p.max_length) if val_file else None
+    train_set = to_dataset(read_jsonl(train_file), tokenizer, p.max_length, p.train_on,
+                           p.text_stride)
+    val_set = (to_dataset(read_jsonl(val_file), tokenizer, p.max_length, p.train_on, p.text_stride)
+               if val_file else None)
     trainer = trainer_for(p, model, peft_config, tokenizer, train_set, checkpoint_dir, precision,
                           val_set, callbacks)
     return trainer, precision, len(train_set)

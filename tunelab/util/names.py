@@ -1,6 +1,6 @@
-"""Names and dotted keys: the did-you-mean hint every one-line error uses, and the
-dotted-key view of nested mappings (``tuned.task_accuracy`` for
-``{"tuned": {"task_accuracy": ...}}``) that metrics files, params and reports share."""
+"""Names and dotted keys: the did-you-mean hint and the quoting of user strings that every
+one-line error uses, and the dotted-key view of nested mappings (``tuned.task_accuracy``
+for ``{"tuned": {"task_accuracy": ...}}``) that metrics files, params and reports share."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
     ``word`` and ``options`` leave out."""
     close = difflib.get_close_matches(str(word), [str(option) for option in options], n=1)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A user's string quoted for a message, cut short: errors stay one readable line."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def type_name(value) -> str:
+    """The JSON-ish name of a value's type for a message: ``null`` for None."""
+    return "null" if value is None else type(value).__name__
 
 
 def lookup(tree, dotted: str):
