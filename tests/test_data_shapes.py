@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tunelab.config import params
 from tunelab.data import columns, encoding, formats, prepare, readers, validation
 from tunelab.errors import ParamsError
+from conftest import stage_args
+
+REPO = Path(__file__).resolve().parents[1]
 
 SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 
@@ -216,3 +225,28 @@ def test_bad_maps_name_their_params_key(values, message):
 def test_every_mappable_name_is_read_by_the_formats():
     readable_roles = set(formats.ROLES) | set(formats.SHAREGPT_ROLES)
     assert set(params.ROLE_NAMES) <= readable_roles, set(params.ROLE_NAMES) - readable_roles
+
+
+def test_a_multi_turn_file_through_prepare_and_validate_shows_every_answer_in_the_preview(
+        tmp_path, tokenizer_dir, write_jsonl):
+    params_file = yaml.safe_load((REPO / "params.yaml").read_text())
+    params_file["prepare"]["group_by"] = ""  # these records have no `template`
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file, sort_keys=False))
+    shutil.copytree(tokenizer_dir, tmp_path / "models/base")
+    rows = [{"messages": [{"role": "user", "content": f"Count to {n}."},
+                          {"role": "assistant", "content": " ".join(map(str, range(1, n + 1)))},
+                          {"role": "user", "content": "Again, backwards."},
+                          {"role": "assistant", "content": " ".join(map(str, range(n, 0, -1)))}]}
+            for n in range(1, 31)]
+    write_jsonl(tmp_path / "data/raw/counting.jsonl", rows)
+    for stage in ("prepare", "validate"):
+        run = subprocess.run([sys.executable, str(REPO / f"stages/{stage}.py"),
+                              *stage_args(stage, tmp_path)], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    preview = (tmp_path / "metrics/preview.txt").read_text().split("\n\n", 1)[1]  # past the header
+    # both answers of a conversation carry loss; the questions do not
+    assert preview.count("[[") == 2 and preview.count("]]") == 2
+    answers = re.findall(r"\[\[(.*?)<\|im_end\|>\n\]\]", preview, re.DOTALL)
+    n = len(answers[0].split())
+    assert answers == [" ".join(map(str, range(1, n + 1))), " ".join(map(str, range(n, 0, -1)))]
