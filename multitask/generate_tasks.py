@@ -4,6 +4,9 @@ Writes multitask/data/raw/tasks.jsonl: support tickets from the seeded
 data/generate_tickets.py, each used for two alpaca-style examples:
   task "triage":    the ticket -> the triage JSON object (as in data/raw/tickets.jsonl)
   task "sentiment": the ticket -> one word, negative | neutral | positive
+Both examples of a ticket carry its `template` (the topic sentence it was written
+around, "billing/3"): multitask/params.yaml splits by it (prepare.group_by), so a ticket,
+and every ticket sharing its topic phrasing, is on one side of the split for both tasks.
 Standard library only; the same seed gives a byte-identical file.
 
 Run: python multitask/generate_tasks.py [--count 160] [--seed 29] [--output PATH] [--force]
@@ -32,14 +35,16 @@ def ticket_generator():
 
 
 def generate_examples(count: int, seed: int) -> list[dict]:
-    """2 x ``count`` examples: each ticket as a triage and as a sentiment example."""
+    """2 x ``count`` examples: each ticket as a triage and as a sentiment example, both
+    with the ticket's ``template`` (the split group)."""
     examples = []
     for ticket in ticket_generator().generate_examples(count, seed):
         labels = json.loads(ticket["output"])
+        template = ticket["template"]
         examples.append({"instruction": ticket["instruction"], "input": ticket["input"],
-                         "output": ticket["output"], "task": "triage"})
+                         "output": ticket["output"], "task": "triage", "template": template})
         examples.append({"instruction": SENTIMENT_INSTRUCTION, "input": ticket["input"],
-                         "output": labels["sentiment"], "task": "sentiment"})
+                         "output": labels["sentiment"], "task": "sentiment", "template": template})
     return examples
 
 

@@ -3,15 +3,15 @@
 Usage (dvc.yaml): python stages/evaluate.py BASE_DIR ADAPTER_DIR TEST_FILE HELDOUT_FILE
 EVAL_METRICS SAMPLES
 Reads params `evaluate` (HELDOUT_FILE is evaluate.heldout, interpolated by dvc.yaml; ""
-for none) and prepare.format and prepare.system_prompt (HELDOUT_FILE is read as prepare
-reads raw data); writes EVAL_METRICS ({"base", "tuned", "delta"}, identical keys,
+for none) and prepare.format, prepare.system_prompt, prepare.columns and prepare.roles
+(HELDOUT_FILE is read as prepare reads raw data, with the global maps); writes EVAL_METRICS ({"base", "tuned", "delta"}, identical keys,
 accuracies in 0..1; with HELDOUT_FILE also "heldout": the same three on its examples, and
 their count) and SAMPLES (every test example's base and tuned answer).
 """
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.data import prepare
+from tunelab.data import columns, prepare
 from tunelab.errors import DataError
 from tunelab.eval import evaluation
 from tunelab.models import loading
@@ -29,8 +29,11 @@ def main(base_dir: str, adapter_dir: str, test_file: str, heldout_file: str,
     heldout = []
     if heldout_file:  # data from outside the train/test source, scored the same way
         prep = params.load("prepare")
+        # The global column/role maps apply; per_file globs are relative to raw_dir, which
+        # this file is not under.
+        mapping = columns.build(prep.columns, prep.roles)
         heldout = prepare.load_file(heldout_file, prep.format, prep.system_prompt,
-                                    "evaluate.heldout")[:p.max_examples or None]
+                                    "evaluate.heldout", mapping)[:p.max_examples or None]
 
     base_model, tokenizer = loading.load_trained(base_dir)
     base, base_heldout = score(base_model, tokenizer, p, examples, heldout, "base")

@@ -18,23 +18,18 @@ from tunelab.util import files
 
 def main(live_dir: str, eval_metrics: str, data_stats: str, plots_dir: str) -> int:
     plot_params = params.load("plot")
+    figures = [(eval_metrics, plotting.plot_base_vs_tuned, "base_vs_tuned.png"),
+               (data_stats, plotting.plot_token_lengths, "token_lengths.png")]
     with files.atomic_path(plots_dir) as staging_dir:
         staging_dir.mkdir()
         written = plotting.plot_training_curves(live_dir, staging_dir, dpi=plot_params.dpi)
-        if Path(eval_metrics).exists():
-            bars = plotting.plot_base_vs_tuned(files.read_json(eval_metrics),
-                                               staging_dir / "base_vs_tuned.png",
-                                               dpi=plot_params.dpi)
-            if bars:
-                written.append(bars)
-        else:
-            print(f"plot: {eval_metrics} not found; skipping base_vs_tuned.png")
-        if Path(data_stats).exists():
-            histogram = plotting.plot_token_lengths(files.read_json(data_stats),
-                                                    staging_dir / "token_lengths.png",
-                                                    dpi=plot_params.dpi)
-            if histogram:
-                written.append(histogram)
+        for metrics_file, plot, png_name in figures:
+            if not Path(metrics_file).exists():
+                print(f"plot: {metrics_file} not found; skipping {png_name}")
+                continue
+            png = plot(files.read_json(metrics_file), staging_dir / png_name, dpi=plot_params.dpi)
+            if png:  # None: nothing in the file to draw
+                written.append(png)
         names = sorted(path.name for path in written)
 
     if names:

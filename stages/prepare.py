@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.data import analysis, columns, encoding, prepare
+from tunelab.data import analysis, columns, prepare
 from tunelab.errors import DataError
 from tunelab.util import files
 
@@ -33,15 +33,16 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
     splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed, p.group_by)
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    # Lengths before truncation, so the user can pick train.max_length from p95/max.
-    lengths = [encoding.encode(tokenizer, e, max_length=1 << 30).full_tokens for e in unique]
     # Of the examples as read (duplicates included), as `tunelab analyze-data` on the same
     # files prints them; at train's max_length and train_on, so as training will see them.
+    # Its "tokens": lengths before truncation of the unique examples, so the user can pick
+    # train.max_length from p95/max.
     train = params.load("train")
-    figures = analysis.analyze(
+    analyzed = analysis.analyze(
         loaded.examples, tokenizer, max_length=train.max_length, train_on=train.train_on,
         text_stride=train.text_stride, format_counts=analysis.count_formats(
             raw_files, p.format, p.text_split, columns.from_params(p, raw_dir)))
+    figures = analyzed.figures
 
     with files.atomic_path(prepared_dir) as staging:
         staging.mkdir()
@@ -54,7 +55,7 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
         "kind": "text" if "text" in unique[0] else "chat",
         "tasks": sorted({e["task"] for e in unique if e.get("task")}),
         "splits": {name: len(examples) for name, examples in splits.items()},
-        "tokens": prepare.length_stats(lengths),
+        "tokens": analyzed.tokens,
         "analysis": figures,
     }
     files.write_json_atomic(data_metrics, stats)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (no model weights) and a JSONL writer."""
+"""Shared fixtures: the real SmolLM2 tokenizer (no model weights) and a JSONL writer; the
+analysis figures pinned for test_analysis' mixed file, which the plot tests draw too."""
 
 from __future__ import annotations
 
@@ -123,3 +124,25 @@ def stage_args(name: str, workdir: Path, dvc_file: str = "dvc.yaml", item: dict 
     if not params_file.is_file():
         params_file = repo / Path(dvc_file).parent / "params.yaml"
     return stage_argv(name, repo / dvc_file, params_file, item)[2:]
+
+
+# What analysis.analyze finds in test_analysis.ROWS (read as data.jsonl) at max_length 64,
+# pinned from the SmolLM2 tokenizer: test_analysis checks it, test_plotting_reporting draws
+# and reports it as metrics/data.json's "analysis".
+MIXED_FILE_FIGURES = {
+    "examples": 6, "training_rows": 6, "max_length": 64, "train_on": "all_assistant",
+    "text_stride": 0,
+    "token_lengths": {"mean": 65.5, "p50": 73, "p95": 95, "max": 95, "min": 35, "p99": 95},
+    "suggested_max_length": {"p95": 96, "p99": 96},
+    "histogram": {"bin_width": 8, "edges": [32, 40, 48, 56, 64, 72, 80, 88, 96],
+                  "counts": [2, 0, 0, 0, 0, 2, 1, 1]},
+    # 9 + 9 + 18 + 31 tokens past 64
+    "truncated": {"examples": 4, "share": 0.6667, "tokens_cut": 67, "without_loss_tokens": 1},
+    # (3 + 3 + 4 + 4 + 27 + 0) / (35 + 35 + 4 * 64)
+    "loss_tokens": {"count": 41, "of_tokens": 326, "share": 0.1258},
+    "duplicates": {"exact": 1, "near_pairs": 1, "near_examples": 2, "near_threshold": 0.8,
+                   "near_listed": [{"first": "data.jsonl:3", "second": "data.jsonl:4",
+                                    "jaccard": 0.944}]},
+    "tasks": {"(none)": 1, "greet": 2, "support": 3},
+    "formats": {"alpaca": 3, "chat": 2, "prompt_completion": 1},
+}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import stage_args
+from conftest import MIXED_FILE_FIGURES, stage_args
 from tunelab.cli import app as cli
 from tunelab.data import analysis, prepare
 
@@ -38,24 +38,8 @@ ROWS = [
     # A 90-token prompt: cut at 64, nothing of the answer is left.
     {"instruction": QUESTION + " " + QUESTION, "output": "Ask IT.", "task": "support"},
 ]
-
-EXPECTED_FIGURES = {
-    "examples": 6, "training_rows": 6, "max_length": 64, "train_on": "all_assistant",
-    "text_stride": 0,
-    "token_lengths": {"mean": 65.5, "p50": 73, "p95": 95, "max": 95, "min": 35, "p99": 95},
-    "suggested_max_length": {"p95": 96, "p99": 96},
-    "histogram": {"bin_width": 8, "edges": [32, 40, 48, 56, 64, 72, 80, 88, 96],
-                  "counts": [2, 0, 0, 0, 0, 2, 1, 1]},
-    # 9 + 9 + 18 + 31 tokens past 64
-    "truncated": {"examples": 4, "share": 0.6667, "tokens_cut": 67, "without_loss_tokens": 1},
-    # (3 + 3 + 4 + 4 + 27 + 0) / (35 + 35 + 4 * 64)
-    "loss_tokens": {"count": 41, "of_tokens": 326, "share": 0.1258},
-    "duplicates": {"exact": 1, "near_pairs": 1, "near_examples": 2, "near_threshold": 0.8,
-                   "near_listed": [{"first": "data.jsonl:3", "second": "data.jsonl:4",
-                                    "jaccard": 0.944}]},
-    "tasks": {"(none)": 1, "greet": 2, "support": 3},
-    "formats": {"alpaca": 3, "chat": 2, "prompt_completion": 1},
-}
+# Every figure analysis.analyze finds in ROWS: conftest.MIXED_FILE_FIGURES (the plot tests
+# draw them too).
 
 EXPECTED_HISTOGRAM = """\
 token lengths (8-token bins, 6 examples; each # is one example):
@@ -81,11 +65,11 @@ def analyze_file(path, tokenizer, max_length=64, train_on="all_assistant"):
     loaded = prepare.load_files([path])
     assert loaded.errors == []
     return analysis.analyze(loaded.examples, tokenizer, max_length=max_length, train_on=train_on,
-                            format_counts=analysis.count_formats([path]))
+                            format_counts=analysis.count_formats([path])).figures
 
 
 def test_every_figure_of_a_mixed_file(data_file, tokenizer):
-    assert analyze_file(data_file, tokenizer) == EXPECTED_FIGURES
+    assert analyze_file(data_file, tokenizer) == MIXED_FILE_FIGURES
 
 
 def test_train_on_last_changes_only_what_carries_loss(tmp_path, write_jsonl, tokenizer,
@@ -107,7 +91,7 @@ def test_text_longer_than_max_length_is_windows_not_cut(tokenizer):
     examples = [{"text": text, "task": None, "source": "doc.txt:1"},
                 {"text": "Short note.", "task": None, "source": "doc.txt:3"}]
     figures = analysis.analyze(examples, tokenizer, max_length=32, train_on="all_assistant",
-                               text_stride=16, format_counts={"text": 2})
+                               text_stride=16, format_counts={"text": 2}).figures
     assert figures["token_lengths"]["max"] == 97 and figures["token_lengths"]["min"] == 4
     assert figures["truncated"] == {"examples": 0, "share": 0.0, "tokens_cut": 0,
                                     "without_loss_tokens": 0}
@@ -210,7 +194,7 @@ def test_cli_prints_the_histogram_figures_and_marked_examples(data_file, tokeniz
     assert (code, err) == (0, "")
     assert out.startswith("6 examples in 1 files (max_length=64, train_on=all_assistant)\n\n"
                           + EXPECTED_HISTOGRAM + "\n\n")
-    assert analysis.render_text(EXPECTED_FIGURES) in out
+    assert analysis.render_text(MIXED_FILE_FIGURES) in out
     assert "suggested train.max_length: 96 covers p95, 96 covers p99" in out
     assert "  data.jsonl:3 ~ data.jsonl:4 (0.944)\n" in out
     # Two examples, the first and the last, each with its loss tokens in [[ ]].
@@ -285,5 +269,5 @@ def test_prepare_stage_writes_the_same_figures_to_metrics_data_json(tmp_path, to
     expected = analysis.analyze(loaded.examples, tokenizer, max_length=figures["max_length"],
                                 train_on=figures["train_on"], text_stride=figures["text_stride"],
                                 format_counts=analysis.count_formats([raw]))
-    assert figures == expected
+    assert figures == expected.figures
     assert "near-duplicate pairs (`tunelab analyze-data` shows them)" in result.stdout

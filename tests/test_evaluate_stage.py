@@ -105,3 +105,19 @@ def test_a_missing_heldout_file_is_one_line_naming_the_key(workspace_factory):
     assert result.stderr.strip() == ("evaluate: error: data/heldout/nope.jsonl: file not found "
                                      "(evaluate.heldout)")
     assert not (workdir / "metrics").exists()
+
+
+def test_the_heldout_file_is_read_with_the_global_column_map(evaluated, workspace_factory):
+    workdir, _ = evaluated
+    heldout = json.loads((workdir / "metrics/eval.json").read_text())["heldout"]
+    mapped = workspace_factory("data/heldout/renamed.jsonl")
+    renamed = [{"task_text": row["instruction"], "ticket": row["input"], "answer": row["output"]}
+               for row in HELDOUT]
+    files.write_jsonl_atomic(mapped / "data/heldout/renamed.jsonl", renamed)
+    params = yaml.safe_load((mapped / "params.yaml").read_text())
+    params["prepare"] = {"columns": {"task_text": "instruction", "ticket": "input",
+                                     "answer": "output"}}
+    (mapped / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_evaluate(mapped)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((mapped / "metrics/eval.json").read_text())["heldout"] == heldout

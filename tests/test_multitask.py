@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tunelab.config import params
-from tunelab.data import multitask, prepare
+from tunelab.data import columns, multitask, prepare
 from conftest import stage_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +78,9 @@ def multitask_workdir(tmp_path, write_jsonl):
     (tmp_path / "multitask").mkdir()
     shutil.copy(REPO / multitask.PARAMS_FILE, tmp_path / multitask.PARAMS_FILE)
     shutil.copy(REPO / "params.yaml", tmp_path)  # every stage first checks the main params
-    write_jsonl(tmp_path / "multitask/data/raw/tasks.jsonl",
-                [alpaca(i, t) for i in range(40) for t in ("triage", "sentiment", "other")])
+    write_jsonl(tmp_path / "multitask/data/raw/tasks.jsonl",  # item i of every task: one template
+                [{**alpaca(i, t), "template": f"topic/{i}"} for i in range(40)
+                 for t in ("triage", "sentiment", "other")])
     return tmp_path
 
 
@@ -88,9 +89,10 @@ def test_prepare_tasks_stage_keeps_tasks_and_counts_them(multitask_workdir):
     assert result.returncode == 0, result.stderr
     assert "not trained (not in multitask.tasks): other" in result.stdout
     prepared = multitask_workdir / "multitask/data/prepared"
-    rows = [json.loads(line) for split in ("train", "val", "test")
+    rows = [{**json.loads(line), "split": split} for split in ("train", "val", "test")
             for line in (prepared / f"{split}.jsonl").read_text().splitlines()]
     assert len(rows) == 120 and {r["task"] for r in rows} == {"triage", "sentiment", "other"}
+    assert len({(r["group"], r["split"]) for r in rows}) == 40  # prepare.group_by: one split a template
     metrics = json.loads((multitask_workdir / "multitask/metrics/data.json").read_text())
     assert sum(metrics["tasks"]["sentiment"].values()) == 40
     assert metrics["splits"]["train"] == sum(c["train"] for c in metrics["tasks"].values())
@@ -115,6 +117,27 @@ def test_shipped_sample_is_what_the_seeded_generator_makes():
     expected = "".join(json.dumps(e, ensure_ascii=False) + "\n"
                        for e in generator.generate_examples(160, 29))
     assert (REPO / "multitask/data/raw/tasks.jsonl").read_text(encoding="utf-8") == expected
+
+
+def test_shipped_sample_puts_each_ticket_in_one_split_for_every_task():
+    """A ticket is both a triage and a sentiment example; split by its template, no ticket
+    (nor another on its topic sentence) is in train for one task and in test for the other."""
+    p = params.load("prepare", REPO / multitask.PARAMS_FILE)
+    assert p.group_by == "template"
+    raw_dir = REPO / p.raw_dir
+    loaded = prepare.load_files(prepare.raw_files(raw_dir), p.format, p.system_prompt,
+                                p.text_split, columns.from_params(p, raw_dir), p.group_by)
+    splits = prepare.split(prepare.deduplicate(loaded.examples)[0], p.val_ratio, p.test_ratio,
+                           p.seed, p.group_by)
+    split_of_template, split_of_ticket = {}, {}
+    for name, examples in splits.items():
+        for example in examples:
+            ticket = example["messages"][-2]["content"].split("\n\n", 1)[1]  # instruction, input
+            assert split_of_template.setdefault(example["group"], name) == name, example["group"]
+            assert split_of_ticket.setdefault(ticket, name) == name, ticket
+    assert len(split_of_ticket) == 160
+    assert multitask.count_by_task(splits) == {task: {"train": 111, "val": 19, "test": 30}
+                                               for task in ("triage", "sentiment")}
 
 
 def dvc_stage_names(workdir: Path) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from tunelab.report import html_page, plotting
-from conftest import stage_args
+from conftest import MIXED_FILE_FIGURES, stage_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -310,20 +310,9 @@ def test_report_stage_fails_clearly_without_eval_metrics(tmp_path: Path):
 
 # --- the token-length histogram (metrics/data.json "analysis", tunelab.data.analysis) -------
 
-DATA_ANALYSIS = {
-    "examples": 6, "training_rows": 6, "max_length": 64, "train_on": "all_assistant",
-    "text_stride": 0,
-    "token_lengths": {"mean": 65.5, "p50": 73, "p95": 90, "max": 95, "min": 35, "p99": 95},
-    "suggested_max_length": {"p95": 96, "p99": 96},
-    "histogram": {"bin_width": 8, "edges": [32, 40, 48, 56, 64, 72, 80, 88, 96],
-                  "counts": [2, 0, 0, 0, 0, 2, 1, 1]},
-    "truncated": {"examples": 4, "share": 0.6667, "tokens_cut": 67, "without_loss_tokens": 1},
-    "loss_tokens": {"count": 41, "of_tokens": 326, "share": 0.1258},
-    "duplicates": {"exact": 1, "near_pairs": 1, "near_examples": 2, "near_threshold": 0.8,
-                   "near_listed": [{"first": "a.jsonl:3", "second": "a.jsonl:4", "jaccard": 0.944}]},
-    "tasks": {"(none)": 1, "greet": 2, "support": 3},
-    "formats": {"alpaca": 3, "chat": 2, "prompt_completion": 1},
-}
+# p95 moved below p99 (both 95 in the pinned figures), so the two dashed lines differ.
+DATA_ANALYSIS = {**MIXED_FILE_FIGURES,
+                 "token_lengths": {**MIXED_FILE_FIGURES["token_lengths"], "p95": 90}}
 
 
 def test_token_length_histogram_draws_the_bins_and_the_lines(tmp_path: Path, monkeypatch):

@@ -109,10 +109,10 @@ def analyze_data(args) -> int:
     train_on = args.train_on or _param_or_default("train", "train_on")
     # A --max-length below params.yaml's may be below train.text_stride too.
     text_stride = min(_param_or_default("train", "text_stride"), max_length)
-    figures = analysis.analyze(
-        loaded.examples, tokenizer, max_length=max_length, train_on=train_on,
-        text_stride=text_stride,
-        format_counts=analysis.count_formats(args.files, args.format, text_split, mapping_for))
+    format_counts = analysis.count_formats(args.files, args.format, text_split, mapping_for)
+    figures = analysis.analyze(loaded.examples, tokenizer, max_length=max_length,
+                               train_on=train_on, text_stride=text_stride,
+                               format_counts=format_counts).figures
     print(f"{len(loaded.examples)} examples in {len(args.files)} files "
           f"(max_length={max_length}, train_on={train_on})\n")
     print(analysis.render_text(figures))

@@ -6,8 +6,10 @@ next to train.max_length (a histogram, percentiles and the max_length that would
 or p99), how many examples the limit cuts, which share of the tokens carries loss, exact
 and near duplicates, and the counts per task and per input format. Every length and loss
 mask comes from ``encoding.encode``, the function the trainer uses, so a figure here is
-what training sees. ``analyze`` returns plain JSON values; ``render_text`` draws them for
-the terminal from that dict alone, so the CLI and metrics/data.json show the same numbers.
+what training sees. ``analyze``'s figures are plain JSON values; ``render_text`` draws them
+for the terminal from that dict alone, so the CLI and metrics/data.json show the same
+numbers. From the same encodings ``analyze`` gives the prepare stage metrics/data.json's
+"tokens" too (the lengths of the examples deduplication keeps): no example is encoded twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,10 +51,17 @@ MINHASH_SEED = 1
 LISTED_PAIRS = 10             # near-duplicate pairs named in metrics/data.json and the output
 
 
+@dataclass
+class Analysis:
+    figures: dict  # what `tunelab analyze-data` prints and metrics/data.json keeps as "analysis"
+    tokens: dict   # prepare.length_stats of the distinct examples: metrics/data.json's "tokens"
+
+
 def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
-            text_stride: int = 0, format_counts: dict[str, int]) -> dict:
+            text_stride: int = 0, format_counts: dict[str, int]) -> Analysis:
     """The figures for ``examples`` as the trainer would encode them with train's
-    ``max_length``, ``train_on`` and ``text_stride``; ``format_counts`` from count_formats."""
+    ``max_length``, ``train_on`` and ``text_stride``; ``format_counts`` from count_formats.
+    The lengths are before truncation, so they do not depend on max_length or train_on."""
     if not examples:
         raise DataError("no examples to analyze")
     if any("messages" in e for e in examples) and not tokenizer.chat_template:
@@ -66,7 +76,7 @@ def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
     trained_tokens = sum(len(row.input_ids) for row in rows)
     loss_tokens = sum(row.loss_tokens for row in rows)
     lengths_summary = token_lengths(lengths)
-    return {
+    figures = {
         "examples": len(examples),
         "training_rows": len(rows),
         "max_length": max_length,
@@ -85,6 +95,8 @@ def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
         "tasks": dict(sorted(Counter(e.get("task") or "(none)" for e in examples).items())),
         "formats": dict(sorted(format_counts.items())),
     }
+    kept_lengths = [lengths[i] for i in prepare.distinct_indexes(examples)]  # of what prepare keeps
+    return Analysis(figures, prepare.length_stats(kept_lengths))
 
 
 def training_rows(tokenizer, example: dict, encoded: encoding.Encoded, max_length: int,
@@ -149,15 +161,12 @@ def histogram(lengths: list[int], max_length: int) -> dict:
 def duplicates(examples: list[dict]) -> dict:
     """Exact duplicates (prepare.content_key: what the prepare stage drops) and near
     duplicates among the distinct examples."""
-    first_of: dict[str, int] = {}
-    for index, example in enumerate(examples):
-        first_of.setdefault(prepare.content_key(example), index)
-    distinct = sorted(first_of.values())
-    pairs = near_duplicate_pairs([example_text(examples[i]) for i in distinct])
-    pairs = [(distinct[a], distinct[b], similarity) for a, b, similarity in pairs]
+    kept = prepare.distinct_indexes(examples)
+    pairs = near_duplicate_pairs([example_text(examples[i]) for i in kept])
+    pairs = [(kept[a], kept[b], similarity) for a, b, similarity in pairs]
     pairs.sort(key=lambda pair: (-pair[2], pair[0], pair[1]))
     return {
-        "exact": len(examples) - len(distinct),
+        "exact": len(examples) - len(kept),
         "near_pairs": len(pairs),
         "near_examples": len({index for a, b, _ in pairs for index in (a, b)}),
         "near_threshold": NEAR_DUPLICATE_THRESHOLD,

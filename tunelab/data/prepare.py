@@ -26,6 +26,13 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)   # file -> examples read
 
+    def examples_or_raise(self) -> list[dict]:
+        """The examples; DataError with the first error (and how many more) if any."""
+        if self.errors:
+            more = len(self.errors) - 1
+            raise DataError(self.errors[0] + (f" (and {more} more bad records)" if more else ""))
+        return self.examples
+
 
 def raw_files(raw_dir: str | Path) -> list[Path]:
     folder = Path(raw_dir)
@@ -40,8 +47,28 @@ def raw_files(raw_dir: str | Path) -> list[Path]:
 def load_files(paths, fmt: str = "auto", system_prompt: str = "", text_split: str = "file",
                mapping_for: Callable[[Path], columns.Mapping] | None = None,
                group_by: str = "") -> LoadResult:
-    """Read and normalise every record, collecting every error rather than the first.
-    ``mapping_for(path)`` gives a file's column and role maps (columns.from_params);
+    """Read and normalise every record (read_examples with formats.normalise), then put
+    ``system_prompt`` first in every chat example that has no system message."""
+    result = read_examples(paths, lambda record, source: formats.normalise(record, fmt, source),
+                           text_split, mapping_for, group_by)
+    if system_prompt:
+        for example in result.examples:
+            if "messages" in example and example["messages"][0]["role"] != "system":
+                example["messages"].insert(0, {"role": "system", "content": system_prompt})
+    kinds = {"text" if "text" in e else "chat" for e in result.examples}
+    if len(kinds) > 1:
+        first_text = next(e["source"] for e in result.examples if "text" in e)
+        result.errors.append(f"{first_text}: plain-text examples mixed with chat examples; "
+                             "train them in separate runs (set prepare.format or split the files)")
+    return result
+
+
+def read_examples(paths, normalise_record: Callable[[dict, str], dict], text_split: str = "file",
+                  mapping_for: Callable[[Path], columns.Mapping] | None = None,
+                  group_by: str = "") -> LoadResult:
+    """Read every record of ``paths`` and turn it into an example with
+    ``normalise_record(record, "path:line")``, collecting every DataError rather than the
+    first. ``mapping_for(path)`` gives a file's column and role maps (columns.from_params);
     ``group_by`` names the record field each example keeps as its ``group`` (split)."""
     result = LoadResult()
     for path in paths:
@@ -53,34 +80,26 @@ def load_files(paths, fmt: str = "auto", system_prompt: str = "", text_split: st
         mapping = mapping_for(Path(path)) if mapping_for else columns.Mapping()
         for line, record in records:
             try:
-                example = formats.normalise(columns.apply(record, mapping), fmt, f"{path}:{line}")
+                example = normalise_record(columns.apply(record, mapping), f"{path}:{line}")
             except DataError as err:
                 result.errors.append(str(err))
                 continue
-            if system_prompt and "messages" in example and example["messages"][0]["role"] != "system":
-                example["messages"].insert(0, {"role": "system", "content": system_prompt})
             if group_by and record.get(group_by) is not None:  # a missing one: split() says where
                 example["group"] = record[group_by]
             result.examples.append(example)
         result.files[str(path)] = len(records)
-    kinds = {"text" if "text" in e else "chat" for e in result.examples}
-    if len(kinds) > 1:
-        first_text = next(e["source"] for e in result.examples if "text" in e)
-        result.errors.append(f"{first_text}: plain-text examples mixed with chat examples; "
-                             "train them in separate runs (set prepare.format or split the files)")
     return result
 
 
-def load_file(path, fmt: str = "auto", system_prompt: str = "", params_key: str = "") -> list[dict]:
-    """One file's examples, normalised as load_files does (no dedupe, no split), for data
-    read beside the prepared splits; DataError on the first bad record."""
+def load_file(path, fmt: str = "auto", system_prompt: str = "", params_key: str = "",
+              mapping: columns.Mapping | None = None) -> list[dict]:
+    """One file's examples, normalised as load_files does (no dedupe, no split) with
+    ``mapping``'s column and role renames, for data read beside the prepared splits;
+    DataError on the first bad record."""
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found" + (f" ({params_key})" if params_key else ""))
-    loaded = load_files([path], fmt, system_prompt)
-    if loaded.errors:
-        more = len(loaded.errors) - 1
-        raise DataError(loaded.errors[0] + (f" (and {more} more bad records)" if more else ""))
-    return loaded.examples
+    return load_files([path], fmt, system_prompt,
+                      mapping_for=(lambda _path: mapping) if mapping else None).examples_or_raise()
 
 
 def content_key(example: dict) -> str:
@@ -90,14 +109,17 @@ def content_key(example: dict) -> str:
     return json.dumps(body, sort_keys=True, ensure_ascii=False)
 
 
+def distinct_indexes(examples: list[dict]) -> list[int]:
+    """Indexes of the first example of each content (content_key), in order: the examples
+    deduplicate keeps."""
+    first_of: dict[str, int] = {}
+    for index, example in enumerate(examples):
+        first_of.setdefault(content_key(example), index)
+    return sorted(first_of.values())
+
+
 def deduplicate(examples: list[dict]) -> tuple[list[dict], int]:
-    seen: set[str] = set()
-    kept = []
-    for example in examples:
-        key = content_key(example)
-        if key not in seen:
-            seen.add(key)
-            kept.append(example)
+    kept = [examples[i] for i in distinct_indexes(examples)]
     return kept, len(examples) - len(kept)
 
 

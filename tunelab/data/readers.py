@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.util import files
 from tunelab.util.names import shown as _shown, type_name as _type_name
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".txt", ".md")
@@ -53,9 +54,12 @@ def read_records(path: str | os.PathLike, text_split: str = "file") -> list[tupl
     suffix = data_suffix(path)
     if _compressed(path) and (Path(path).suffix.lower() != ".gz" or suffix not in GZIP_SUFFIXES):
         raise DataError(f"{path}: unsupported compressed file (use .jsonl.gz or .json.gz)")
+    if suffix not in FILE_TYPES:
+        kind = f"'{suffix}'" if suffix else "(no extension)"
+        raise DataError(f"{path}: unsupported file type {kind} (use {', '.join(SUFFIXES)})")
     if suffix == ".parquet":
         records = _parquet_records(path)
-    elif suffix in (".jsonl", ".json", ".csv", *TEXT_SUFFIXES):
+    else:
         text = _read_utf8(path)
         if not text.strip():
             raise DataError(f"{path}: empty file")
@@ -64,24 +68,18 @@ def read_records(path: str | os.PathLike, text_split: str = "file") -> list[tupl
         else:
             parse = {".jsonl": _jsonl_records, ".json": _json_records, ".csv": _csv_records}[suffix]
             records = parse(path, text)
-    else:
-        kind = f"'{suffix}'" if suffix else "(no extension)"
-        raise DataError(f"{path}: unsupported file type {kind} (use {', '.join(SUFFIXES)})")
     if not records:
         raise DataError(f"{path}: no records")
     return records
 
 
 def _parse_json(path, line: int, text: str) -> Any:
-    """json.loads with every failure as a DataError naming ``path:line``."""
+    """files.parse_json with every failure as a DataError naming ``path:line`` (``text``
+    starts on ``line``)."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{line + err.lineno - 1}: invalid JSON: {err.msg}") from None
-    except RecursionError:
-        raise DataError(f"{path}:{line}: invalid JSON: nested too deeply") from None
-    except ValueError:  # an integer beyond Python's digit limit
-        raise DataError(f"{path}:{line}: invalid JSON: number too large") from None
+        return files.parse_json(text)
+    except files.InvalidJSON as err:
+        raise DataError(f"{path}:{line + err.line - 1}: invalid JSON: {err.reason}") from None
 
 
 # --- files --------------------------------------------------------------------

@@ -45,6 +45,7 @@ import json
 import re
 from typing import Any, Callable
 
+from tunelab.util import files
 from tunelab.util.names import did_you_mean, shown, type_name
 
 TOOLS_PROMPT = (
@@ -184,13 +185,9 @@ def _tool(item: Any, number: int) -> dict:
 
 def _loads(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"invalid JSON in {what}: {err.msg}") from None
-    except RecursionError:
-        raise ValueError(f"invalid JSON in {what}: nested too deeply") from None
-    except ValueError:  # an integer beyond Python's digit limit
-        raise ValueError(f"invalid JSON in {what}: number too large") from None
+        return files.parse_json(text)
+    except files.InvalidJSON as err:
+        raise ValueError(f"invalid JSON in {what}: {err.reason}") from None
 
 
 # --- rendering --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Atomic file output and JSON Lines input.
+"""Atomic file output, JSON Lines input, and JSON text parsed with each failure in words.
 
 Every writer goes through a temp file in the destination folder and an
 ``os.replace``, so a crash never leaves a half-written output behind.
@@ -16,6 +16,14 @@ from typing import Any, Iterable, Iterator
 
 from tunelab.errors import DataError
 
+
+class InvalidJSON(ValueError):
+    """Why a JSON text did not parse, as ``reason`` (the words after "invalid JSON"), and
+    the line of the text it failed on, from 1 (the first line where json gives none)."""
+
+    def __init__(self, reason: str, line: int = 1):
+        super().__init__(reason)
+        self.reason, self.line = reason, line
 
 
 @contextmanager
@@ -56,6 +64,19 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(f)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+
+
+def parse_json(text: str) -> Any:
+    """json.loads, with each way user text fails it as InvalidJSON: a syntax error, nesting
+    deeper than the recursion limit, an integer beyond Python's digit limit."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidJSON(err.msg, err.lineno) from None
+    except RecursionError:
+        raise InvalidJSON("nested too deeply") from None
+    except ValueError:  # an integer beyond Python's digit limit
+        raise InvalidJSON("number too large") from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
