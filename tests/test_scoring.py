@@ -87,3 +87,8 @@ def test_no_references_scores_zero():
 
 def test_identical_non_latin_answers_score_full_rouge():
     assert scoring.text_scores(["привет мир"], ["привет мир"])["rougeL"] == 1.0
+
+
+def test_unequal_prediction_and_reference_counts_are_refused():
+    with pytest.raises(ValueError, match="^3 predictions for 2 references$"):
+        scoring.task_scores(['{"a": 1}'] * 3, ['{"a": 1}'] * 2)

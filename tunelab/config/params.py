@@ -43,12 +43,13 @@ class ModelParams(Section):
     base: Str = "smollm2-135m-instruct"
 
 
-# What prepare.columns may rename a field to: the keys tunelab's formats read at a
-# record's top level or inside each message; and the role names prepare.roles may give
-# (tunelab's own and ShareGPT's). tunelab.data.columns applies the maps; a test checks
-# that the formats accept every name here.
+# What prepare.columns may rename a field to: the keys tunelab's formats (and the
+# preference shapes of tunelab.data.preferences) read at a record's top level or inside
+# each message; and the role names prepare.roles may give (tunelab's own and ShareGPT's).
+# tunelab.data.columns applies the maps; a test checks that the formats accept every
+# role name here.
 RECORD_FIELDS = ("instruction", "input", "output", "system", "prompt", "completion", "text",
-                 "messages", "conversations", "task", "tools")
+                 "messages", "conversations", "task", "tools", "chosen", "rejected", "label")
 MESSAGE_FIELDS = ("role", "content", "from", "value", "train", "loss_weight", "weight",
                   "tool_calls", "tool_call_id", "name")
 ROLE_NAMES = ("system", "user", "assistant", "tool", "human", "gpt", "function_call",

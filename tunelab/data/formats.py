@@ -24,10 +24,11 @@ from typing import Any
 from tunelab.config import params
 from tunelab.data import readers, tool_calls
 from tunelab.errors import DataError
-from tunelab.util.names import shown as _shown, type_name as _type_name
+from tunelab.util.names import shown as _shown, shown_keys, type_name as _type_name
 
 FORMATS = params.CHOICES["prepare.format"]  # the schema's list: what prepare.format accepts
 ROLES = ("system", "user", "assistant", "tool")
+CHAT_ROLES = {role: role for role in ROLES}  # role/content messages: each role is its own name
 # Parts of a message's content list that are not text: refused, not dropped.
 MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "video", "video_url", "file")
 TEXT_KEYS = ("text", "value")  # the text of a part: OpenAI/HF spell it `text`, some projects `value`
@@ -53,11 +54,9 @@ def detect_format(record: dict) -> str:
     for key, fmt in DETECTED_BY:
         if key in record:
             return fmt
-    keys = ", ".join(_shown(key) for key in list(record)[:10]) or "none"
-    if len(record) > 10:
-        keys += f" and {len(record) - 10} more"
     raise ValueError("cannot tell the format: expected keys 'messages', 'conversations', "
-                     f"'instruction'+'output', 'prompt'+'completion' or 'text'; got {keys}")
+                     f"'instruction'+'output', 'prompt'+'completion' or 'text'; got "
+                     f"{shown_keys(record)}")
 
 
 def normalise(record: dict, fmt: str, source: str) -> dict:
@@ -68,7 +67,7 @@ def normalise(record: dict, fmt: str, source: str) -> dict:
         if fmt == "auto":
             fmt = detect_format(record)
         if fmt == "text":
-            example: dict[str, Any] = {"text": _required_str(record, "text")}
+            example: dict[str, Any] = {"text": required_str(record, "text")}
         else:
             example = {"messages": _messages(record, fmt)}
             tools = tool_calls.normalise_tools(record.get("tools"))
@@ -86,20 +85,20 @@ def normalise(record: dict, fmt: str, source: str) -> dict:
 
 def _messages(record: dict, fmt: str) -> list[dict]:
     if fmt == "alpaca":
-        instruction = _required_str(record, "instruction")
-        answer = _required_str(record, "output")
+        instruction = required_str(record, "instruction")
+        answer = required_str(record, "output")
         extra_input = _optional_str(record, "input")
         system = _optional_str(record, "system")
         user = f"{instruction}\n\n{extra_input}" if extra_input else instruction
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         return ([{"role": "system", "content": system}] if system else []) + messages
     if fmt == "prompt_completion":
-        return [{"role": "user", "content": _required_str(record, "prompt")},
-                {"role": "assistant", "content": _required_str(record, "completion")}]
+        return [{"role": "user", "content": required_str(record, "prompt")},
+                {"role": "assistant", "content": required_str(record, "completion")}]
     if fmt == "chat":
-        messages = _conversation(record, "messages", "role", "content", {r: r for r in ROLES})
+        messages = read_conversation(record, "messages", "role", "content", CHAT_ROLES)
     else:  # sharegpt
-        messages = _conversation(record, "conversations", "from", "value", SHAREGPT_ROLES)
+        messages = read_conversation(record, "conversations", "from", "value", SHAREGPT_ROLES)
     # Training learns from the assistant turns; without a user turn or a final
     # assistant answer the example teaches nothing useful.
     if not any(message["role"] == "user" for message in messages):
@@ -111,8 +110,12 @@ def _messages(record: dict, fmt: str) -> list[dict]:
     return messages
 
 
-def _conversation(record: dict, key: str, role_key: str, content_key: str,
-                  role_names: dict[str, str]) -> list[dict]:
+def read_conversation(record: dict, key: str, role_key: str, content_key: str,
+                      role_names: dict[str, str]) -> list[dict]:
+    """The list at ``record[key]`` as messages: each turn's ``role_key`` (a name in
+    ``role_names``, which gives tunelab's role for it) and ``content_key``, loss flags and
+    tool calls read as this module reads them (tunelab.data.preferences reads its fields
+    so too); ValueError naming the message number on the first bad turn."""
     turns = _required(record, key, list)
     if not turns:
         raise ValueError(f"empty field '{key}'")
@@ -156,7 +159,7 @@ def _content(turn: dict, key: str, where: str) -> str:
     """A message's text: a string, or a list of text parts joined as chat templates join them."""
     value = turn.get(key)
     if not isinstance(value, list):
-        return _required_str(turn, key, where)
+        return required_str(turn, key, where)
     texts = []
     for number, part in enumerate(value, start=1):
         kind = part.get("type", "text") if isinstance(part, dict) else None
@@ -196,7 +199,8 @@ def _required(record: dict, key: str, kind: type, where: str = "") -> Any:
     return value
 
 
-def _required_str(record: dict, key: str, where: str = "") -> str:
+def required_str(record: dict, key: str, where: str = "") -> str:
+    """``record[key]``, a string with more than blanks in it; ValueError otherwise."""
     value = _required(record, key, str, where)
     if not value.strip():
         raise ValueError(f"empty field '{key}'{where}")

@@ -2,7 +2,9 @@
 
 JSON answers (the reference parses as a JSON object) are scored per field and
 as an exact match of the whole object; other answers by normalised exact
-match. ROUGE-L (rouge-score) and chrF (sacrebleu) cover both.
+match. ROUGE-L (rouge-score) and chrF (sacrebleu) cover both. score_json_answer and
+text_match check one answer; task_scores averages them over a split, and
+tunelab.eval.reward weighs the same checks into a GRPO reward.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import CHRF
@@ -37,21 +41,50 @@ def normalise_text(text: str) -> str:
 
 def task_scores(predictions: list[str], references: list[str]) -> dict:
     """Accuracy-type scores in 0..1 (keys are the same for any model on the same references)."""
+    # A missing prediction counts as wrong; one with no reference cannot be scored.
+    if len(predictions) > len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     parsed_refs = [parse_json_object(r) for r in references]
     n = max(len(references), 1)
     if references and all(ref is not None for ref in parsed_refs):
-        parsed_preds = [parse_json_object(p) for p in predictions]
         fields = sorted({key for ref in parsed_refs for key in ref})
-        scores = {"json_valid": sum(p is not None for p in parsed_preds) / n,
-                  "exact_match": sum(p == r for p, r in zip(parsed_preds, parsed_refs)) / n}
+        answers = [score_json_answer(p, r, fields) for p, r in zip(predictions, parsed_refs)]
+        scores = {"json_valid": sum(a.json_valid for a in answers) / n,
+                  "exact_match": sum(a.exact_match for a in answers) / n}
         for key in fields:
-            hits = sum(p is not None and key in p and p[key] == r.get(key)
-                       for p, r in zip(parsed_preds, parsed_refs))
-            scores[f"field_{key}"] = hits / n
+            scores[f"field_{key}"] = sum(a.fields[key] for a in answers) / n
         scores["task_accuracy"] = sum(scores[f"field_{k}"] for k in fields) / max(len(fields), 1)
         return scores
-    exact = sum(normalise_text(p) == normalise_text(r) for p, r in zip(predictions, references)) / n
+    exact = sum(text_match(p, r) for p, r in zip(predictions, references)) / n
     return {"exact_match": exact, "task_accuracy": exact}
+
+
+@dataclass(frozen=True)
+class JsonAnswer:
+    """One answer checked against a JSON-object reference: what task_scores averages
+    over a split and tunelab.eval.reward weighs into a GRPO reward."""
+    json_valid: bool         # the answer holds a JSON object (prose around it is allowed)
+    exact_match: bool        # that object equals the reference, no key more or less
+    fields: dict[str, bool]  # per field: the answer has the key, with the reference's value
+
+
+def score_json_answer(prediction: str, reference: dict,
+                      fields: Iterable[str] | None = None) -> JsonAnswer:
+    """``prediction`` checked against the parsed ``reference`` on ``fields`` (by default the
+    reference's own keys; task_scores passes every key of its references, and a key this
+    reference lacks counts right only where the answer has it as null)."""
+    answer = parse_json_object(prediction)
+    fields = reference if fields is None else fields
+    return JsonAnswer(
+        json_valid=answer is not None,
+        exact_match=answer == reference,
+        fields={key: answer is not None and key in answer and answer[key] == reference.get(key)
+                for key in fields})
+
+
+def text_match(prediction: str, reference: str) -> bool:
+    """A free-text answer is right when it equals the reference after normalise_text."""
+    return normalise_text(prediction) == normalise_text(reference)
 
 
 class _WordTokenizer:

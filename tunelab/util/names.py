@@ -23,6 +23,15 @@ def shown(text: str, limit: int = 40) -> str:
     return repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
+def shown_keys(record: Mapping, limit: int = 10) -> str:
+    """A record's first ``limit`` keys quoted (``shown``) for a message, with how many more
+    it has after them; "none" for an empty record."""
+    keys = ", ".join(shown(key) for key in list(record)[:limit]) or "none"
+    if len(record) > limit:
+        keys += f" and {len(record) - limit} more"
+    return keys
+
+
 def type_name(value) -> str:
     """The JSON-ish name of a value's type for a message: ``null`` for None."""
     return "null" if value is None else type(value).__name__
