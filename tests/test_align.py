@@ -1,0 +1,186 @@
+"""tunelab.train.align on a tiny random Llama, CPU, fp32: each objective trains a few steps
+from an SFT adapter, against the SFT model as its reference, and writes one adapter that
+loads as models/adapter does."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from tunelab.models.loading import load_trained
+from tunelab.train import align_data
+from tunelab.train.align import AlignSettings, align
+
+QUESTIONS = ["The printer on floor 2 is jammed.", "I cannot log in to my email.",
+             "The VPN drops every hour.", "My laptop screen flickers."]
+TEAMS = ["hardware", "accounts", "network", "hardware"]
+PAIRS = [{"prompt": [{"role": "user", "content": question}],
+          "chosen": [{"role": "assistant", "content": json.dumps({"team": team})}],
+          "rejected": [{"role": "assistant", "content": "Please ask someone else."}],
+          "source": f"pairs.jsonl:{line}"}
+         for line, (question, team) in enumerate(zip(QUESTIONS, TEAMS), start=1)]
+UNPAIRED = [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen",
+             "source": pair["source"]} for pair in PAIRS[:2] for side in ("chosen", "rejected")]
+
+# One step is the whole data set (batch 4), so the logged losses compare like with like.
+TINY = dict(learning_rate=1e-3, batch_size=4, gradient_accumulation=1, max_length=64,
+            precision="fp32", seed=0, logging_steps=1)
+STEPS = 5
+
+
+class LogRecorder(TrainerCallback):
+    """Every training log, and (at the end of training) the reference adapter's weights."""
+
+    def __init__(self):
+        self.logs = []
+        self.reference = {}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.reference = {name.replace(".ref.", "."): param.detach().clone()
+                          for name, param in model.named_parameters() if ".ref." in name}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "train_runtime" not in logs:
+            self.logs.append(dict(logs))
+
+    def values(self, key):
+        return [log[key] for log in self.logs if key in log]
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(make_tiny_adapter):
+    return make_tiny_adapter("sft", seed=1)
+
+
+def run(tmp_path, tiny_base_dir, sft_adapter, settings, examples, **kwargs):
+    recorder = LogRecorder()
+    summary = align(settings, tiny_base_dir, sft_adapter, examples, tmp_path / "adapter",
+                    tmp_path / "checkpoints", callbacks=[recorder], **kwargs)
+    return summary, recorder
+
+
+def test_dpo_starts_at_ln2_against_the_sft_model_and_learns_the_pairs(
+        tmp_path, tiny_base_dir, sft_adapter):
+    settings = AlignSettings(objective="dpo", max_steps=STEPS, **TINY)
+    summary, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, PAIRS,
+                            eval_examples=PAIRS[:2])
+    losses = recorder.values("loss")
+    assert len(losses) == STEPS
+    # Policy == reference before the first step only if the reference is base + SFT adapter
+    # (with the bare base as reference the SFT adapter's random weights would move it).
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert losses == pytest.approx(EXPECTED_DPO_LOSSES, abs=1e-4)
+    assert losses[-1] < losses[0]
+    margins, accuracies = recorder.values("rewards/margins"), recorder.values("rewards/accuracies")
+    assert margins[0] == pytest.approx(0.0, abs=1e-6) and margins[-1] > margins[0]
+    assert accuracies[0] == 0.0 and accuracies[-1] > accuracies[0]
+    assert summary["steps"] == STEPS
+    assert summary["final_loss"] == pytest.approx(losses[-1], abs=1e-6)
+    assert 0 < summary["eval_loss"] < math.log(2)  # evaluated once, after training
+    # The reference is a frozen copy of the SFT adapter, still equal to it after training.
+    sft = load_file(sft_adapter / "adapter_model.safetensors")
+    assert recorder.reference.keys() == sft.keys()
+    assert all(torch.equal(recorder.reference[name], sft[name]) for name in sft)
+    check_saved_adapter(tmp_path / "adapter", tiny_base_dir, sft_adapter, "dpo", STEPS)
+    model, _ = load_trained(tiny_base_dir, tmp_path / "adapter")
+    assert not any(p.isnan().any() for p in model.parameters())
+
+
+def test_orpo_loss_falls_without_a_reference(tmp_path, tiny_base_dir, sft_adapter):
+    settings = AlignSettings(objective="orpo", max_steps=STEPS, **TINY)
+    _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, PAIRS)
+    losses = recorder.values("loss")
+    assert losses == pytest.approx(EXPECTED_ORPO_LOSSES, abs=1e-4)
+    assert losses[-1] < losses[0]
+    check_saved_adapter(tmp_path / "adapter", tiny_base_dir, sft_adapter, "orpo", STEPS)
+
+
+def test_kto_starts_at_half_against_the_sft_model_and_loss_falls(
+        tmp_path, tiny_base_dir, sft_adapter):
+    settings = AlignSettings(objective="kto", max_steps=STEPS, **TINY)
+    _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, UNPAIRED)
+    losses = recorder.values("loss")
+    # Policy == reference: every implied reward and the KL estimate are 0, and KTO's loss is
+    # 1 - sigmoid(0) for each completion.
+    assert losses[0] == pytest.approx(0.5, abs=1e-6)
+    assert losses == pytest.approx(EXPECTED_KTO_LOSSES, abs=1e-4)
+    assert losses[-1] < losses[0]
+    check_saved_adapter(tmp_path / "adapter", tiny_base_dir, sft_adapter, "kto", STEPS)
+
+
+def test_grpo_rewards_completions_against_the_reference_column(
+        tmp_path, tiny_base_dir, sft_adapter):
+    from tunelab.eval.reward import RewardWeights, completion_text, reward_function
+
+    seen_references = []
+
+    class RecordingReward:
+        __name__ = "task_reward"
+        reward = reward_function(RewardWeights())
+
+        def __call__(self, completions, reference, **kwargs):
+            seen_references.extend(reference)
+            return self.reward(completions, reference, **kwargs)
+
+    def text_length(completions, **kwargs):
+        """A reward that varies on a random model's output, so advantages are not all 0 (the
+        task reward is 0 for every random completion, and with it the policy gradient)."""
+        return [len(completion_text(completion)) / 40 for completion in completions]
+
+    steps = 2
+    settings = AlignSettings(objective="grpo", max_steps=steps, beta=0.04, num_generations=2,
+                             max_completion_length=8, **{**TINY, "batch_size": 2})
+    _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, PAIRS[:2],
+                            reward_funcs=[RecordingReward(), text_length])
+    for key in ("reward", "rewards/task_reward/mean", "rewards/text_length/mean", "kl",
+                "completions/mean_length", "loss"):
+        assert len(recorder.values(key)) == steps, key
+    assert all(0 < length <= 8 for length in recorder.values("completions/mean_length"))
+    kl = recorder.values("kl")
+    assert kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 0  # the reference is the SFT model
+    # Each prompt's two completions were scored against that prompt's chosen answer.
+    references = {pair["chosen"][0]["content"] for pair in PAIRS[:2]}
+    assert seen_references and set(seen_references) == references
+    check_saved_adapter(tmp_path / "adapter", tiny_base_dir, sft_adapter, "grpo", steps)
+
+
+def test_datasets_carry_the_columns_trl_reads():
+    paired = align_data.to_preference_dataset(PAIRS)
+    assert paired.column_names == ["prompt", "chosen", "rejected"]
+    kto = align_data.to_kto_dataset(PAIRS[:1])
+    assert kto["label"] == [True, False]
+    sft = {"messages": [{"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello", "train": False},
+                        {"role": "user", "content": "Route: disk full"},
+                        {"role": "assistant", "content": '{"team": "hardware"}'}]}
+    grpo = align_data.to_grpo_dataset([PAIRS[0], sft, UNPAIRED[1]])  # the rejected one is left out
+    assert grpo["reference"] == ['{"team": "hardware"}', '{"team": "hardware"}']
+    assert grpo["prompt"][1][1] == {"role": "assistant", "content": "Hello"}
+    assert len(grpo["prompt"][1]) == 3
+
+
+def check_saved_adapter(adapter_dir, base_dir, sft_dir, objective, steps):
+    """One adapter, as models/adapter: loads with load_trained, differs from the SFT one."""
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert config["target_modules"] == sorted(config["target_modules"])
+    assert not (adapter_dir / "ref").exists() and not (adapter_dir / "training_args.bin").exists()
+    assert json.loads((adapter_dir / "tunelab_train.json").read_text())["method"] == "lora"
+    info = json.loads((adapter_dir / "tunelab_align.json").read_text())
+    assert info["objective"] == objective and info["steps"] == steps
+    aligned = load_file(adapter_dir / "adapter_model.safetensors")
+    sft = load_file(sft_dir / "adapter_model.safetensors")
+    assert aligned.keys() == sft.keys()
+    assert any(not torch.equal(aligned[name], sft[name]) for name in sft)
+
+
+# Tiny seeded Llama, SFT adapter r4 seed 1, fp32, CPU, TRL 1.16 / PEFT 0.21 / torch 2.13: the
+# first DPO and KTO values are exact (policy == reference); a library upgrade that moves the
+# rest says so here.
+EXPECTED_DPO_LOSSES = [0.693147, 0.541675, 0.442924, 0.383534, 0.349459]
+EXPECTED_ORPO_LOSSES = [13.982590, 13.810425, 13.678691, 13.584371, 13.523805]
+EXPECTED_KTO_LOSSES = [0.5, 0.453814, 0.420301, 0.396818, 0.381585]

@@ -1,0 +1,262 @@
+"""Alignment after SFT (issue 16): preference tuning (dpo, orpo, kto) or RL against a
+reward (grpo), with TRL's trainers, continuing to train the SFT adapter.
+
+The result is ONE LoRA adapter on the original base, in the shape train writes
+(``tunelab_train.json``, sorted target_modules), so evaluate, export and serve take it in
+place of models/adapter unchanged. The policy is base + the SFT adapter loaded trainable
+(PEFT's "default" adapter); no new adapter is stacked on it.
+
+The reference (dpo, kto, and grpo with beta > 0) is the SFT model as it was before the
+first step: base + a frozen copy of the SFT adapter. TRL 1.16 builds it so itself when
+handed a PeftModel and no ``ref_model`` (DPOTrainer, KTOTrainer and GRPOTrainer
+``__init__``: ``model.add_adapter("ref", model.peft_config["default"])``, then each
+``.default.`` weight copied into ``.ref.``); every reference forward runs under
+``torch.no_grad()`` inside ``trl.trainer.utils.use_adapter(model, "ref")``, and
+``disable_dropout`` (set below for all four) removes dropout from both. One base is held,
+not two: an explicit ``ref_model`` would hold a second copy of the base and
+``precompute_ref_log_probs`` is not needed. Only one case falls back to the base (adapters
+disabled): PEFT 0.17-0.19 with a ``target_parameters`` LoRA, where TRL skips the copy;
+``check_reference`` refuses that rather than align against the wrong model. tests/
+test_align.py pins it: DPO's first loss is ln 2, which holds only when reference == policy.
+ORPO has no reference. GRPO's reward functions come from the caller (tunelab.eval.reward's
+reward_function in the stage: this package may not import evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, set_seed
+
+from tunelab.config.params import QuantizationParams
+from tunelab.errors import ParamsError
+from tunelab.models import loading
+from tunelab.train import align_data, training
+
+OBJECTIVES = ("dpo", "orpo", "kto", "grpo")
+WITH_REFERENCE = ("dpo", "kto", "grpo")  # grpo only when beta > 0
+# beta trades reward against staying near the reference: DPO/KTO's KL weight (0.1, the
+# papers' and TRL's default), ORPO's odds-ratio weight λ (0.1, TRL's), GRPO's KL weight to
+# the SFT model (0.04, DeepSeekMath's; TRL defaults to 0, which drops the reference and its
+# forward pass but lets the policy drift from the answer format SFT taught).
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "grpo": 0.04}
+ALIGN_INFO = "tunelab_align.json"
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """An alignment run's knobs, with defaults sized for a small model on CPU (params.yaml's
+    ``align`` section will hold them)."""
+    objective: str = "dpo"       # dpo | orpo | kto | grpo
+    beta: float | None = None    # None: DEFAULT_BETA[objective]
+    # LoRA takes a higher rate than full-weight DPO's 5e-7..1e-6: 5e-6..5e-5 moves a small
+    # model's adapter within a few hundred steps without undoing SFT.
+    learning_rate: float = 2e-5
+    max_steps: int = -1          # -1: `epochs` passes over the data
+    epochs: float = 1.0
+    batch_size: int = 2          # pairs (dpo/orpo), completions (kto: > 1), prompts (grpo)
+    gradient_accumulation: int = 4
+    max_length: int = 512        # prompt + answer tokens; TRL keeps the start, cuts the end
+    seed: int = 42
+    precision: str = "fp32"      # fp32 | auto | bf16 | fp16, as train.precision (fp32: the same
+                                 # numbers on every CPU)
+    loss_type: str = "sigmoid"   # dpo: sigmoid (the paper's) | ipo | hinge | robust | ...
+    # grpo: completions sampled per prompt (their rewards' spread is the advantage), each at
+    # most max_completion_length tokens; generating dominates a CPU step, so both are small.
+    num_generations: int = 4
+    max_completion_length: int = 64
+    temperature: float = 1.0     # grpo sampling: below ~0.7 a group's completions agree
+    logging_steps: int = 1
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ParamsError(f"align.objective: unknown '{self.objective}' "
+                              f"(use {', '.join(OBJECTIVES)})")
+        if self.objective == "kto" and self.batch_size < 2:
+            raise ParamsError("align.batch_size: kto needs 2 or more (its KL term pairs each "
+                              "completion with another prompt's in the same batch)")
+
+    @property
+    def objective_beta(self) -> float:
+        return DEFAULT_BETA[self.objective] if self.beta is None else self.beta
+
+    @property
+    def has_reference(self) -> bool:
+        return self.objective in WITH_REFERENCE and (self.objective != "grpo"
+                                                     or self.objective_beta > 0)
+
+
+def align(settings: AlignSettings, base_dir: str | Path, sft_adapter_dir: str | Path,
+          train_examples: list[dict], adapter_dir: str | Path, checkpoint_dir: str | Path,
+          eval_examples: list[dict] | None = None, reward_funcs=(),
+          live_dir: str | Path | None = None, callbacks=()) -> dict:
+    """Align the SFT adapter in ``sft_adapter_dir`` and write the result to ``adapter_dir``
+    with ``tunelab_align.json``; returns the summary (with wall time, which the files leave
+    out so equal runs write equal bytes). ``live_dir``: DVCLive metrics and training.log."""
+    callbacks = list(callbacks)
+    if live_dir is not None:
+        from dvclive import Live
+
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+        callbacks += [training.StepAlignedDVCLive(live=live),
+                      training.TrainingLog(Path(live_dir) / "training.log")]
+    started = time.monotonic()
+    trainer = build_align_trainer(settings, base_dir, sft_adapter_dir, train_examples,
+                                  eval_examples, checkpoint_dir, reward_funcs, callbacks)
+    result = trainer.train()
+    losses = logged(trainer, "loss")
+    summary = {
+        "objective": settings.objective,
+        "beta": settings.objective_beta,
+        "precision": training.resolve_precision(settings.precision),
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 6),
+        "final_loss": round(losses[-1], 6) if losses else None,
+        "train_rows": len(trainer.train_dataset),
+    }
+    if trainer.eval_dataset is not None:
+        summary["eval_loss"] = round(trainer.evaluate()["eval_loss"], 6)
+    save_adapter(trainer, settings, sft_adapter_dir, adapter_dir, summary)
+    return {**summary, "train_seconds": round(time.monotonic() - started, 1)}
+
+
+def build_align_trainer(settings: AlignSettings, base_dir: str | Path,
+                        sft_adapter_dir: str | Path, train_examples: list[dict],
+                        eval_examples: list[dict] | None, output_dir: str | Path,
+                        reward_funcs=(), callbacks=()):
+    """The TRL trainer for ``settings.objective``: seeded, the policy base + the SFT
+    adapter (trainable), the reference its frozen copy (module docstring)."""
+    set_seed(settings.seed)
+    precision = training.resolve_precision(settings.precision)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = policy_model(base_dir, sft_adapter_dir, precision)
+    to_dataset = {"dpo": align_data.to_preference_dataset, "orpo": align_data.to_preference_dataset,
+                  "kto": align_data.to_kto_dataset, "grpo": align_data.to_grpo_dataset
+                  }[settings.objective]
+    train_set = to_dataset(train_examples)
+    # GRPO's eval would generate for every prompt: the evaluate stage measures the result.
+    eval_set = (to_dataset(eval_examples) if eval_examples and settings.objective != "grpo"
+                else None)
+    args = trl_config(settings, output_dir, precision)
+    common = dict(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                  processing_class=tokenizer, callbacks=list(callbacks))
+    if settings.objective == "dpo":
+        from trl import DPOTrainer as Trainer
+    elif settings.objective == "kto":
+        from trl import KTOTrainer as Trainer
+    elif settings.objective == "orpo":
+        from trl.experimental.orpo import ORPOTrainer as Trainer
+    else:
+        if not reward_funcs:
+            raise ValueError("grpo needs reward_funcs (tunelab.eval.reward.reward_function)")
+        from trl import GRPOTrainer
+
+        trainer = GRPOTrainer(reward_funcs=list(reward_funcs), **common)
+        check_reference(trainer.model, settings)
+        return trainer
+    trainer = Trainer(**common)
+    check_reference(trainer.model, settings)
+    return trainer
+
+
+def policy_model(base_dir: str | Path, sft_adapter_dir: str | Path, precision: str):
+    """base + the SFT adapter as a PeftModel whose LoRA weights train: on the base the
+    adapter was trained on (quantized for a qlora adapter), as loading.load_trained reads it."""
+    from peft import PeftModel
+
+    if (Path(sft_adapter_dir) / "config.json").is_file():
+        raise ParamsError("align continues the SFT adapter, but models/adapter holds a whole "
+                          "model (train.method: full); align a lora or qlora run")
+    quantization = loading.read_train_info(sft_adapter_dir).get("quantization")
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        base = loading.load_base(base_dir, QuantizationParams(**quantization), precision)
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    elif precision in ("bf16", "fp16"):  # the frozen base in the compute dtype, as train does
+        base = loading.load_base(base_dir, dtype=loading.COMPUTE_DTYPES[precision])
+    else:
+        base = loading.load_base(base_dir)
+    return PeftModel.from_pretrained(base, str(sft_adapter_dir), is_trainable=True)
+
+
+def check_reference(model, settings: AlignSettings) -> None:
+    """Refuse a run whose reference TRL made the bare base instead of the SFT model."""
+    if settings.has_reference and "ref" not in model.peft_config:
+        raise RuntimeError(f"{settings.objective}: TRL did not copy the SFT adapter as the "
+                           "reference (PEFT < 0.20 with a target_parameters LoRA?); it would "
+                           "align against the base model. Upgrade peft.")
+
+
+def trl_config(settings: AlignSettings, output_dir: str | Path, precision: str):
+    """The objective's TRL config; what all four share is set once here."""
+    common = dict(
+        output_dir=str(output_dir),
+        learning_rate=settings.learning_rate,
+        max_steps=settings.max_steps,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        beta=settings.objective_beta,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=precision == "bf16",  # TRL's configs default bf16 on: say it either way
+        fp16=precision == "fp16",
+        gradient_checkpointing=False,  # TRL's default is on; small CPU runs pay ~20% for it
+        disable_dropout=True,  # policy and reference agree exactly before the first step
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,
+        save_strategy="no",
+        eval_strategy="no",  # align() evaluates once, at the end
+        report_to=[],  # DVCLive is a callback, pointed at the stage's metrics folder
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    if settings.objective == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig(**common, max_length=settings.max_length, loss_type=[settings.loss_type])
+    if settings.objective == "kto":
+        from trl import KTOConfig
+
+        return KTOConfig(**common, max_length=settings.max_length)
+    if settings.objective == "orpo":
+        from trl.experimental.orpo import ORPOConfig
+
+        return ORPOConfig(**common, max_length=settings.max_length)
+    from trl import GRPOConfig
+
+    # GRPO's batch counts completions: batch_size prompts x num_generations samples each.
+    common["per_device_train_batch_size"] = settings.batch_size * settings.num_generations
+    common["per_device_eval_batch_size"] = settings.batch_size * settings.num_generations
+    return GRPOConfig(**common, num_generations=settings.num_generations,
+                      max_completion_length=settings.max_completion_length,
+                      temperature=settings.temperature)
+
+
+def save_adapter(trainer, settings: AlignSettings, sft_adapter_dir: str | Path,
+                 adapter_dir: str | Path, summary: dict) -> None:
+    """The trained "default" adapter alone (PEFT would save the "ref" copy in a subfolder),
+    with the SFT run's tunelab_train.json (how to load the base) and tunelab_align.json."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    trainer.save_model(str(adapter_dir))
+    trainer.processing_class.save_pretrained(str(adapter_dir))
+    (Path(adapter_dir) / training.TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+    training.sort_target_modules(Path(adapter_dir) / "adapter_config.json")
+    info = loading.read_train_info(sft_adapter_dir)
+    (Path(adapter_dir) / loading.TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    align_info = {**summary, "settings": asdict(settings)}
+    (Path(adapter_dir) / ALIGN_INFO).write_text(json.dumps(align_info, indent=2) + "\n")
+
+
+def logged(trainer, key: str) -> list[float]:
+    """Every value of ``key`` the trainer logged during training, in step order."""
+    return [log[key] for log in trainer.state.log_history if key in log]
