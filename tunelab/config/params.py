@@ -127,8 +127,8 @@ class TrainParams(Section):
     learning_rate: Float = Field(1e-3, gt=0)
     full_learning_rate: Float = Field(2e-5, gt=0)
     epochs: Float = Field(1.0, ge=0)
-    max_steps: StepLimit = 30
-    batch_size: Int = Field(8, gt=0)
+    max_steps: StepLimit = 90
+    batch_size: Int = Field(4, gt=0)
     gradient_accumulation: Int = Field(1, gt=0)
     warmup_ratio: Float = Field(0.05, **UNIT_INTERVAL)
     lr_scheduler: Scheduler = "cosine"
@@ -146,7 +146,7 @@ class TrainParams(Section):
     group_by_length: Bool = False
     compile: Bool = False
     logging_steps: Int = Field(5, gt=0)
-    eval_steps: Int = Field(15, ge=0)
+    eval_steps: Int = Field(30, ge=0)
     save_steps: Int = Field(10, ge=0)
     keep_checkpoints: Int = Field(0, ge=0)
     early_stopping_patience: Int = Field(0, ge=0)
