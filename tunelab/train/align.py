@@ -142,8 +142,7 @@ def build_align_trainer(settings: AlignSettings, base_dir: str | Path,
     eval_set = (to_dataset(eval_examples) if eval_examples and settings.objective != "grpo"
                 else None)
     args = trl_config(settings, output_dir, precision)
-    common = dict(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                  processing_class=tokenizer, callbacks=list(callbacks))
+    extra = {}
     if settings.objective == "dpo":
         from trl import DPOTrainer as Trainer
     elif settings.objective == "kto":
@@ -153,12 +152,11 @@ def build_align_trainer(settings: AlignSettings, base_dir: str | Path,
     else:
         if not reward_funcs:
             raise ValueError("grpo needs reward_funcs (tunelab.eval.reward.reward_function)")
-        from trl import GRPOTrainer
+        from trl import GRPOTrainer as Trainer
 
-        trainer = GRPOTrainer(reward_funcs=list(reward_funcs), **common)
-        check_reference(trainer.model, settings)
-        return trainer
-    trainer = Trainer(**common)
+        extra["reward_funcs"] = list(reward_funcs)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                      processing_class=tokenizer, callbacks=list(callbacks), **extra)
     check_reference(trainer.model, settings)
     return trainer
 
@@ -172,15 +170,12 @@ def policy_model(base_dir: str | Path, sft_adapter_dir: str | Path, precision: s
         raise ParamsError("align continues the SFT adapter, but models/adapter holds a whole "
                           "model (train.method: full); align a lora or qlora run")
     quantization = loading.read_train_info(sft_adapter_dir).get("quantization")
+    base = training.adapter_base(base_dir, precision,
+                                 QuantizationParams(**quantization) if quantization else None)
     if quantization:
         from peft import prepare_model_for_kbit_training
 
-        base = loading.load_base(base_dir, QuantizationParams(**quantization), precision)
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    elif precision in ("bf16", "fp16"):  # the frozen base in the compute dtype, as train does
-        base = loading.load_base(base_dir, dtype=loading.COMPUTE_DTYPES[precision])
-    else:
-        base = loading.load_base(base_dir)
     return PeftModel.from_pretrained(base, str(sft_adapter_dir), is_trainable=True)
 
 

@@ -189,15 +189,24 @@ def lora_config(p: TrainParams):
 
 def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
     """(model, PEFT config or None): lora and qlora train an adapter, full every weight."""
-    if p.method == "qlora":
-        model = loading.load_base(base_dir, p.quantization, precision)
-    elif p.method == "lora" and precision in ("bf16", "fp16"):
+    if p.method == "full":
+        model = loading.load_base(base_dir)
+    else:
+        model = adapter_base(base_dir, precision,
+                             p.quantization if p.method == "qlora" else None)
+    return ready_for_training(p, model, precision)
+
+
+def adapter_base(base_dir: str | Path, precision: str, quantization=None):
+    """The frozen base an adapter trains on: quantized with ``quantization`` (qlora), else
+    in the compute dtype for bf16/fp16, else fp32 (train's model_to_train, align's policy)."""
+    if quantization is not None:
+        return loading.load_base(base_dir, quantization, precision)
+    if precision in ("bf16", "fp16"):
         # A frozen base needs no fp32 master weights: in the compute dtype it takes half the
         # memory (an 8B base: 15 GiB, not 30); PEFT keeps the adapter itself in fp32.
-        model = loading.load_base(base_dir, dtype=loading.COMPUTE_DTYPES[precision])
-    else:
-        model = loading.load_base(base_dir)
-    return ready_for_training(p, model, precision)
+        return loading.load_base(base_dir, dtype=loading.COMPUTE_DTYPES[precision])
+    return loading.load_base(base_dir)
 
 
 def ready_for_training(p: TrainParams, model, precision: str):
