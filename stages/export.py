@@ -1,7 +1,10 @@
-"""Stage: the tuned model as GGUF for llama.cpp and Ollama, checked against transformers.
+"""Stage: the run's model as GGUF for llama.cpp and Ollama, checked against transformers.
 
-Usage (dvc.yaml): python stages/export.py BASE_DIR ADAPTER_DIR TEST_FILE EVAL_METRICS SAMPLES
-                  GGUF_DIR EXPORT_METRICS
+Usage (dvc.yaml): python stages/export.py BASE_DIR ADAPTER_DIR ALIGNED_DIR TEST_FILE
+                  EVAL_METRICS SAMPLES GGUF_DIR EXPORT_METRICS
+The run's model is the aligned adapter where the align stage trained one (ALIGNED_DIR),
+else the SFT result (ADAPTER_DIR); its answers and scores in SAMPLES and EVAL_METRICS are
+what the GGUF files are held to.
 Reads params `export`, `evaluate` (max_new_tokens, max_examples: the evaluation's
 examples and budget) and `prepare.system_prompt` (the Modelfile's SYSTEM); writes
 GGUF_DIR (tuned-TYPE.gguf per export.quantizations, adapter-f32.gguf, Modelfile) and
@@ -21,19 +24,21 @@ from tunelab.models import loading
 from tunelab.util import files
 
 
-def main(base_dir: str, adapter_dir: str, test_file: str, eval_metrics: str, samples: str,
-         gguf_dir: str, export_metrics: str) -> int:
+def main(base_dir: str, adapter_dir: str, aligned_dir: str, test_file: str, eval_metrics: str,
+         samples: str, gguf_dir: str, export_metrics: str) -> int:
     p = params.load("export")
-    resolve_model(adapter_dir, base_dir)  # a missing or wrong folder: one line, before any work
+    model_dir = loading.final_model(adapter_dir, aligned_dir)
+    shipped = "aligned" if loading.aligned_objective(aligned_dir) else "tuned"  # eval.json's name
+    resolve_model(model_dir, base_dir)  # a missing or wrong folder: one line, before any work
     evaluate = params.load("evaluate")
     system_prompt = params.load("prepare").system_prompt
     examples = files.read_jsonl(test_file)[:evaluate.max_examples or None]
     if not parity.chat_examples(examples):
         raise DataError(f"{test_file}: no chat examples to check the GGUF files on")
-    reference = [row["tuned"] for row in files.read_jsonl(samples)]
+    reference = [row[shipped] for row in files.read_jsonl(samples)]
     threads = p.threads or os.cpu_count()
 
-    model, tokenizer = loading.load_trained(base_dir, adapter_dir)
+    model, tokenizer = loading.load_trained(base_dir, model_dir)
     if not tokenizer.chat_template:
         raise DeployError(f"{base_dir}: the tokenizer the model was trained with has no chat "
                           "template, so no GGUF chat template or Ollama TEMPLATE can be written")
@@ -43,10 +48,10 @@ def main(base_dir: str, adapter_dir: str, test_file: str, eval_metrics: str, sam
     del model
     with files.atomic_path(gguf_dir) as staging, build.scratch_folder() as work:
         contenders = build.write(
-            Path(base_dir), Path(adapter_dir), staging, Path(gguf_dir), Path(work),
+            Path(base_dir), model_dir, staging, Path(gguf_dir), Path(work),
             p.quantizations, p.lora, tokenizer, system_prompt, evaluate.max_new_tokens,
             check_prompts=split.messages)
-        result = parity.check(contenders, split, files.read_json(eval_metrics)["tuned"], speed,
+        result = parity.check(contenders, split, files.read_json(eval_metrics)[shipped], speed,
                               evaluate.max_new_tokens, p.speed_examples, threads)
         drift = parity.template_drift(result)
         if drift and not p.allow_template_drift:

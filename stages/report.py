@@ -1,10 +1,13 @@
-"""Stage: write the HTML report and print the base-vs-tuned table (and a line per GGUF file).
+"""Stage: write the HTML report and print the base-vs-tuned (vs aligned) table, a line per
+GGUF file and one for the alignment.
 
 Usage (dvc.yaml): python stages/report.py EVAL_METRICS SAMPLES DATA_STATS VALIDATION
-                  EXPORT PLOTS_DIR REPORT
+                  EXPORT ALIGN_SUMMARY PLOTS_DIR REPORT
 Reads EVAL_METRICS (required), SAMPLES, DATA_STATS, VALIDATION, EXPORT (the export stage's
-GGUF parity metrics) and PLOTS_DIR/*.png (each optional: the report says what is missing),
-plus the params sections it shows; writes REPORT, one self-contained HTML file.
+GGUF parity metrics), ALIGN_SUMMARY (the align stage's summary.json: the Alignment section,
+left out when its objective is "none") and PLOTS_DIR/*.png (each optional: the report says
+what is missing), plus the params sections it shows; writes REPORT, one self-contained HTML
+file.
 """
 
 from pathlib import Path
@@ -17,9 +20,11 @@ from tunelab.errors import DataError
 from tunelab.report import html_page
 from tunelab.util import files
 
+LOG_WIDTH = 140  # columns: the table with the aligned model's three columns needs about 130
+
 
 def main(eval_metrics: str, samples: str, data_stats: str, validation: str, export: str,
-         plots_dir: str, report: str) -> int:
+         align_summary: str, plots_dir: str, report: str) -> int:
     report_params = params.load("report")
     # Validated sections, defaults filled in: the report shows what the run used (less the
     # knobs that change no result, which dvc.yaml does not declare for this stage either).
@@ -30,6 +35,7 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
 
     metrics = files.read_json(eval_metrics)
     export_metrics = _read_optional_json(export)
+    align_metrics = _read_optional_json(align_summary)
     html = html_page.build_report(
         eval_metrics=metrics,
         params=shown_params,
@@ -37,15 +43,23 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
         data_stats=_read_optional_json(data_stats),
         validation=_read_optional_json(validation),
         export=export_metrics,
+        align_summary=align_metrics,
         plot_paths=sorted(Path(plots_dir).glob("*.png")),
         max_samples=report_params.max_samples,
     )
     files.write_text_atomic(report, html)
 
     console = Console()
+    if not console.is_terminal:
+        # Off a terminal (dvc repro in CI, a log file) rich assumes 80 columns, which cuts the
+        # aligned table's names and statuses to "improv…"; a log line may be that wide.
+        console.width = LOG_WIDTH
     console.print(html_page.summary_table(metrics))
     if export_metrics is not None:
         console.print(html_page.export_summary(export_metrics), soft_wrap=True)
+    alignment_line = html_page.alignment_summary(align_metrics)
+    if alignment_line:  # None: no alignment ran
+        print(alignment_line)
     print(f"report: wrote {report}")
     return 0
 

@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 
 from tunelab.models.loading import load_trained
 from tunelab.train import align_data
-from tunelab.train.align import AlignSettings, align
+from tunelab.config.params import AlignParams
+from tunelab.train.align import align
 
 QUESTIONS = ["The printer on floor 2 is jammed.", "I cannot log in to my email.",
              "The VPN drops every hour.", "My laptop screen flickers."]
@@ -66,7 +67,7 @@ def run(tmp_path, tiny_base_dir, sft_adapter, settings, examples, **kwargs):
 
 def test_dpo_starts_at_ln2_against_the_sft_model_and_learns_the_pairs(
         tmp_path, tiny_base_dir, sft_adapter):
-    settings = AlignSettings(objective="dpo", max_steps=STEPS, **TINY)
+    settings = AlignParams(objective="dpo", max_steps=STEPS, **TINY)
     summary, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, PAIRS,
                             eval_examples=PAIRS[:2])
     losses = recorder.values("loss")
@@ -81,7 +82,13 @@ def test_dpo_starts_at_ln2_against_the_sft_model_and_learns_the_pairs(
     assert accuracies[0] == 0.0 and accuracies[-1] > accuracies[0]
     assert summary["steps"] == STEPS
     assert summary["final_loss"] == pytest.approx(losses[-1], abs=1e-6)
-    assert 0 < summary["eval_loss"] < math.log(2)  # evaluated once, after training
+    # Held-out pairs, before the first step (policy == reference) and after the last.
+    pairs = summary["heldout_pairs"]
+    assert pairs["rows"] == 2
+    assert pairs["before"] == {"loss": pytest.approx(math.log(2), abs=1e-6),
+                               "preference_accuracy": 0.0, "reward_margin": 0.0}
+    assert 0 < pairs["after"]["loss"] < math.log(2)
+    assert pairs["after"]["preference_accuracy"] == 1.0 and pairs["after"]["reward_margin"] > 0
     # The reference is a frozen copy of the SFT adapter, still equal to it after training.
     sft = load_file(sft_adapter / "adapter_model.safetensors")
     assert recorder.reference.keys() == sft.keys()
@@ -92,7 +99,7 @@ def test_dpo_starts_at_ln2_against_the_sft_model_and_learns_the_pairs(
 
 
 def test_orpo_loss_falls_without_a_reference(tmp_path, tiny_base_dir, sft_adapter):
-    settings = AlignSettings(objective="orpo", max_steps=STEPS, **TINY)
+    settings = AlignParams(objective="orpo", max_steps=STEPS, **TINY)
     _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, PAIRS)
     losses = recorder.values("loss")
     assert losses == pytest.approx(EXPECTED_ORPO_LOSSES, abs=1e-4)
@@ -102,7 +109,7 @@ def test_orpo_loss_falls_without_a_reference(tmp_path, tiny_base_dir, sft_adapte
 
 def test_kto_starts_at_half_against_the_sft_model_and_loss_falls(
         tmp_path, tiny_base_dir, sft_adapter):
-    settings = AlignSettings(objective="kto", max_steps=STEPS, **TINY)
+    settings = AlignParams(objective="kto", max_steps=STEPS, **TINY)
     _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, UNPAIRED)
     losses = recorder.values("loss")
     # Policy == reference: every implied reward and the KL estimate are 0, and KTO's loss is
@@ -133,7 +140,7 @@ def test_grpo_rewards_completions_against_the_reference_column(
         return [len(completion_text(completion)) / 40 for completion in completions]
 
     steps = 2
-    settings = AlignSettings(objective="grpo", max_steps=steps, beta=0.04, num_generations=2,
+    settings = AlignParams(objective="grpo", max_steps=steps, beta=0.04, num_generations=2,
                              max_completion_length=8, **{**TINY, "batch_size": 2})
     _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, PAIRS[:2],
                             reward_funcs=[RecordingReward(), text_length])

@@ -90,6 +90,9 @@ def make_fake_inputs(root: Path, sample_count: int = 5, with_grad_norm: bool = T
     (root / "metrics/validation.json").write_text(json.dumps(
         {"errors": 0, "warnings": ["3 examples exceed train.max_length <b>"]}))
     (root / "metrics/export.json").write_text(json.dumps(EXPORT_METRICS))
+    # The align stage always writes its summary; with alignment off it is only this.
+    (root / "metrics/align").mkdir()
+    (root / "metrics/align/summary.json").write_text(json.dumps({"objective": "none"}))
     (root / "params.yaml").write_text(PARAMS_YAML)
 
 
@@ -275,6 +278,10 @@ def test_plot_and_report_stages_end_to_end(fake_run: Path):
     assert_self_contained(html)
     assert html.count("data:image/png;base64,") == 4
     assert html.count('class="sample"') == 3  # report.max_samples in params.yaml
+    # metrics/align/summary.json says "none": the report is the one without an align stage.
+    assert 'id="alignment"' not in html and "Alignment" not in html
+    assert 'data-column="aligned' not in html and "sample-outputs with-aligned" not in html
+    assert "alignment" not in report_run.stdout
     assert "smollm2-135m-instruct" in html and "0.0002" in html  # params shown
     assert list(export_table(html)) == ["transformers", "q8_0", "q4_k_m", "lora"]
     assert ("llama.cpp q4_k_m: task accuracy 0.8000, agreement 0.7500, speed-up 8.44\u00d7, "

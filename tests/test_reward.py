@@ -8,6 +8,8 @@ import pickle
 
 import pytest
 
+from tunelab.config import params, schema
+from tunelab.errors import ParamsError
 from tunelab.eval import reward, scoring
 
 TICKET = {"category": "technical", "priority": "high", "sentiment": "neutral",
@@ -67,8 +69,11 @@ def test_reward_values(name, default_reward, custom_reward):
 
 def test_default_weights_are_documented_values():
     assert DEFAULTS == reward.RewardWeights(json_valid=0.1, fields=0.8, exact_match=0.1)
-    with pytest.raises(AttributeError):
-        DEFAULTS.fields = 1.0  # frozen: a run's weights cannot change under it
+    # The weights are params.yaml's align.reward: one copy of the defaults, and a bad weight
+    # is a one-line params error.
+    assert reward.RewardWeights is params.RewardParams
+    with pytest.raises(ParamsError, match=r"^params.yaml: align.reward.fields: must be >= 0, got -1.0$"):
+        schema.parse(params.AlignParams, {"reward": {"fields": -1}}, "align", "params.yaml")
 
 
 # Three tickets with the same keys; every answer scored against each reference it fits.

@@ -132,7 +132,7 @@ def test_cli_value_reads_back_as_the_same_yaml_value():
      "search_space.train.lerning_rate: unknown params key (did you mean 'learning_rate'?)"),
     (BASE + "search_space:\n  trian.lora.r: [8]\n",
      "search_space.trian.lora.r: not a params key (sections: model, prepare, validate, train, "
-     "evaluate, export, plot, report) (did you mean 'train'?)"),
+     "align, evaluate, export, plot, report) (did you mean 'train'?)"),
     (BASE + "search_space:\n  train.lora: [8]\n",
      "search_space.train.lora: not a single value"),
     (BASE + "search_space:\n  train.lora.r: [0, 8]\n",
@@ -169,6 +169,14 @@ def test_unknown_metric_is_checked_against_the_workspace_metrics(tmp_path):
     assert "not a number in metrics/train/summary.json (did you mean 'train.eval_loss'?)" in \
         error(tmp_path, text)
     assert load(tmp_path, "metric: train.eval_loss\nsearch_space: {train.lora.r: [8]}\n")
+    # A sweep that turns alignment on may rank by the aligned model's metrics before any run
+    # has them (they are the tuned model's keys); a typo there is still caught.
+    aligned = "metric: aligned.task_accuracy\nset: {align.objective: dpo}\n" \
+              "search_space: {align.beta: [0.05, 0.1]}\n"
+    spec = load(tmp_path, aligned)
+    assert spec.fixed == {"align.objective": "dpo"} and spec.keys == ["align.beta"]
+    assert "not a number in metrics/eval.json" in error(
+        tmp_path, aligned.replace("aligned.task_accuracy", "aligned.task_acuracy"))
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

@@ -1,5 +1,6 @@
-"""`tunelab verify-repro`: train + evaluate rerun in a scratch folder give the
-workspace's metrics exactly (CPU, same params and seed); a difference fails."""
+"""`tunelab verify-repro`: train, align and evaluate rerun in a scratch folder give the
+workspace's metrics exactly (CPU, same params and seed), for an SFT run and one aligned
+with DPO; a difference fails."""
 
 import json
 import runpy
@@ -27,27 +28,43 @@ def rows(n):
              "task": None, "source": f"x.jsonl:{i}"} for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def workspace(tiny_base_dir, tmp_path_factory):
-    """A workspace after `dvc repro` of train and evaluate: tiny model, two steps."""
-    root = tmp_path_factory.mktemp("verify") / "ws"
+# The aligned run: DPO on pairs of the same questions, split by prompt so that 12 prompts
+# leave some for the held-out pairs.
+ALIGNED = {"align": {"objective": "dpo", "max_steps": 2, "batch_size": 2,
+                     "gradient_accumulation": 1, "max_length": 64},
+           "prepare": {"val_ratio": 0.25, "test_ratio": 0.25, "group_by": ""}}
+
+
+def pairs(n):
+    return [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+             "rejected": "no" if i % 2 == 0 else "yes"} for i in range(n)]
+
+
+def make_workspace(root: Path, tiny_base_dir: Path, settings: dict) -> Path:
+    """A workspace after `dvc repro` of train, align and evaluate: tiny model, two steps."""
     root.mkdir()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in QUICK.items():
+    for section, values in settings.items():
         params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_base_dir, root / "models/base")
     shutil.copytree(REPO / "stages", root / "stages")
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "data/heldout", root / "data/heldout")  # evaluate.heldout
+    files.write_jsonl_atomic(root / params["align"]["data"] / "pairs.jsonl", pairs(12))
     for split, n in (("train", 8), ("val", 2), ("test", 2)):
         files.write_jsonl_atomic(root / f"data/prepared/{split}.jsonl", rows(n))
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.chdir(root)
-        for stage in ("train", "evaluate"):
+        for stage in verify.RERUN_STAGES:
             stage_main = runpy.run_path(f"stages/{stage}.py", run_name="s")["main"]
             assert stage_main(*stage_args(stage, root)) == 0
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_base_dir, tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("verify") / "ws", tiny_base_dir, QUICK)
 
 
 def test_rerun_reports_identical_metrics(workspace, tmp_path, monkeypatch, capsys):
@@ -65,6 +82,19 @@ def test_rerun_reports_identical_metrics(workspace, tmp_path, monkeypatch, capsy
     assert {p: p.read_bytes() for p in (workspace / "metrics").rglob("*") if p.is_file()} == before
     assert (tmp_path / "scratch/models/adapter/adapter_model.safetensors").is_file()
     assert (tmp_path / "scratch/metrics/env.json").is_file()
+
+
+def test_an_aligned_run_reruns_identically(tiny_base_dir, tmp_path, monkeypatch, capsys):
+    workspace = make_workspace(tmp_path / "ws", tiny_base_dir, {**QUICK, **ALIGNED})
+    monkeypatch.chdir(workspace)
+    code = cli.main(["verify-repro", "--workdir", str(tmp_path / "scratch")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    compared = {r["key"] for r in verify.compare(workspace, tmp_path / "scratch", 0.0)
+                if not r["timing"]}
+    # The aligned model's scores and the held-out pairs are among the metrics compared.
+    assert {"aligned.loss", "aligned_delta.loss", "heldout_pairs.after.preference_accuracy",
+            "heldout_pairs.after.loss", "final_loss"} <= compared
 
 
 def test_a_changed_metric_is_reported_and_fails(workspace, tmp_path):
@@ -94,5 +124,6 @@ def test_workspace_without_a_run_is_a_one_line_error(tmp_path, monkeypatch, caps
     assert cli.main(["verify-repro"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tunelab verify-repro: error: models/base/config.json, "
-                          "metrics/train/summary.json, metrics/eval.json, data/prepared/train.jsonl")
+                          "metrics/train/summary.json, metrics/align/summary.json, "
+                          "metrics/eval.json, data/prepared/train.jsonl")
     assert err.endswith(f"not found in {tmp_path}: run `dvc repro` first\n")

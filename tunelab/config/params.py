@@ -35,6 +35,8 @@ QuantType = choice("nf4", "fp4")
 Better = choice("higher", "lower")
 # llama.cpp's GGUF file types (its LLAMA_FTYPE_MOSTLY_* names, lower case): full precision,
 # 8-bit, the k-quants and the older block types.
+Objective = choice("none", "dpo", "orpo", "kto", "grpo")
+PreferenceFormat = choice("auto", "paired", "kto")
 GgufType = choice("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0",
                   "q4_k_m", "q4_k_s", "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
 
@@ -169,6 +171,59 @@ class TrainParams(Section):
         return self.full_learning_rate if self.method == "full" else self.learning_rate
 
 
+# align.beta when it is null: DPO/KTO's KL weight (0.1, the papers' and TRL's default),
+# ORPO's odds-ratio weight λ (0.1, TRL's), GRPO's KL weight to the SFT model (0.04,
+# DeepSeekMath's; TRL defaults to 0, which drops the reference and its forward pass but lets
+# the policy drift from the answer format SFT taught).
+DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "grpo": 0.04}
+WITH_REFERENCE = ("dpo", "kto", "grpo")  # grpo only when beta > 0
+
+
+class RewardParams(Section):
+    """What each check of an answer is worth in GRPO's reward (tunelab.eval.reward)."""
+    json_valid: Float = Field(0.1, ge=0)
+    fields: Float = Field(0.8, ge=0)
+    exact_match: Float = Field(0.1, ge=0)
+
+
+class AlignParams(Section):
+    objective: Objective = "none"
+    data: Str = "data/preferences"
+    format: PreferenceFormat = "auto"
+    beta: Float | None = None
+    learning_rate: Float = Field(1e-4, gt=0)
+    max_steps: StepLimit = 30
+    epochs: Float = Field(1.0, ge=0)
+    batch_size: Int = Field(2, gt=0)
+    gradient_accumulation: Int = Field(4, gt=0)
+    max_length: Int = Field(512, gt=0)
+    seed: Int = 42
+    precision: Precision = "fp32"
+    loss_type: Str = "sigmoid"
+    num_generations: Int = Field(4, ge=2)
+    max_completion_length: Int = Field(64, gt=0)
+    temperature: Float = Field(1.0, gt=0)
+    logging_steps: Int = Field(1, gt=0)
+    reward: RewardParams = Field(default_factory=RewardParams)
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_not_negative(cls, beta):
+        if beta is not None and beta < 0:
+            raise complaint(f"must be >= 0 (or null: the objective's default), got {beta}")
+        return beta
+
+    @property
+    def objective_beta(self) -> float:
+        return DEFAULT_BETA.get(self.objective, 0.0) if self.beta is None else self.beta
+
+    @property
+    def has_reference(self) -> bool:
+        """dpo, kto and grpo (with beta > 0) compare the policy with the SFT model."""
+        return self.objective in WITH_REFERENCE and (self.objective != "grpo"
+                                                     or self.objective_beta > 0)
+
+
 class EvaluateParams(Section):
     max_new_tokens: Int = Field(64, gt=0)
     batch_size: Int = Field(24, gt=0)
@@ -243,6 +298,7 @@ SECTIONS = {
     "prepare": PrepareParams,
     "validate": ValidateParams,
     "train": TrainParams,
+    "align": AlignParams,
     "evaluate": EvaluateParams,
     "export": ExportParams,
     "plot": PlotParams,
@@ -329,6 +385,13 @@ def check_train(train: TrainParams, path: str | Path = PARAMS_FILE) -> None:
                           f"got {train.save_steps}")
 
 
+def check_align(align: AlignParams, path: str | Path = PARAMS_FILE) -> None:
+    if align.objective == "kto" and align.batch_size < 2:
+        raise ParamsError(f"{path}: align.batch_size: kto needs 2 or more (its KL term pairs "
+                          f"each completion with another prompt's in the same batch), got "
+                          f"{align.batch_size}")
+
+
 def _check_across(section: str, loaded, path) -> None:
     """Checks that span several keys of one section (a sweep checks single values, so
     these stay out of the models)."""
@@ -336,3 +399,5 @@ def _check_across(section: str, loaded, path) -> None:
         check_split(loaded, path)
     elif section == "train":
         check_train(loaded, path)
+    elif section == "align":
+        check_align(loaded, path)

@@ -70,6 +70,25 @@ def load_preferences(paths, fmt: str = "auto", group_by: str = "",
     return result
 
 
+def load_splits(data: str | Path, fmt: str, prep, tokenizer, max_length: int,
+                params_key: str = "align.data") -> dict[str, list]:
+    """The preference files at ``data`` (a folder or one file) read, deduplicated, checked
+    against ``max_length`` and split as prepare splits SFT data: ``prep`` (the prepare
+    section) gives the global column and role maps, ratios, seed and group_by, so with
+    group_by a ticket template lands on the same side as in the SFT split."""
+    mapping = columns.build(prep.columns, prep.roles)
+    result = load_preferences(prepare.raw_files(data, params_key), fmt, prep.group_by,
+                              mapping_for=lambda _path: mapping)
+    examples, _ = prepare.deduplicate(result.examples_or_raise())
+    too_long = check_lengths(examples, tokenizer, max_length)
+    if too_long:
+        more = len(too_long) - 1
+        raise DataError(too_long[0] + (f" (and {more} more; raise align.max_length)" if more
+                                       else " (raise align.max_length)"))
+    return split_preferences(examples, prep.val_ratio, prep.test_ratio, prep.seed,
+                             prep.group_by)
+
+
 def load_file(path: str | os.PathLike, fmt: str = "auto") -> list[dict]:
     """One file's examples; DataError on its first bad record (and how many more)."""
     return load_preferences([path], fmt).examples_or_raise()

@@ -34,10 +34,13 @@ class LoadResult:
         return self.examples
 
 
-def raw_files(raw_dir: str | Path) -> list[Path]:
+def raw_files(raw_dir: str | Path, params_key: str = "prepare.raw_dir") -> list[Path]:
+    """The data files under ``raw_dir`` (or ``raw_dir`` itself, where it is one file), sorted."""
     folder = Path(raw_dir)
+    if folder.is_file() and readers.is_data_file(folder):
+        return [folder]
     if not folder.is_dir():
-        raise DataError(f"{folder}: data folder not found (prepare.raw_dir)")
+        raise DataError(f"{folder}: data folder not found ({params_key})")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and readers.is_data_file(p))
     if not files:
         raise DataError(f"{folder}: no data files ({' '.join(readers.SUFFIXES)})")

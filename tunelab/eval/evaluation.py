@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from tunelab.data import encoding
-from tunelab.eval import scoring
+from tunelab.eval import reward, scoring
 
 # Causal LMs whose forward is exactly ``lm_head(model(...).last_hidden_state)``, read in
 # transformers' modeling files: no logit soft-capping (Gemma 2/3), scaling (Granite,
@@ -176,7 +176,11 @@ def prefill_cache(model, prefix: list[int]):
 
 
 def evaluate_model(model, tokenizer, examples: list[dict], max_new_tokens: int,
-                   batch_size: int, desc: str) -> ModelResult:
+                   batch_size: int, desc: str,
+                   reward_weights: reward.RewardWeights | None = None) -> ModelResult:
+    """Loss and perplexity; for chat examples also the greedy answers and their task and
+    text scores, and with ``reward_weights`` the mean GRPO reward (tunelab.eval.reward) of
+    the answers, the number GRPO raises."""
     loss = completion_loss(model, tokenizer, examples, batch_size)
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50))}
     chat = [e for e in examples if "messages" in e]
@@ -187,22 +191,38 @@ def evaluate_model(model, tokenizer, examples: list[dict], max_new_tokens: int,
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
     metrics.update(scoring.task_scores(outputs, references))
     metrics.update(scoring.text_scores(outputs, references))
+    if reward_weights is not None:
+        metrics["reward"] = sum(reward.task_reward(output, answer, reward_weights)
+                                for output, answer in zip(outputs, references)) / len(chat)
     return ModelResult(metrics, outputs)
 
 
-def compare(base: ModelResult, tuned: ModelResult) -> dict:
+def compare(base: ModelResult, tuned: ModelResult, aligned: ModelResult | None = None) -> dict:
+    """{"base", "tuned", "delta": tuned - base}; with ``aligned`` (the align stage's model)
+    also "aligned" and "aligned_delta": aligned - tuned, what the second step added."""
     def rounded(metrics):
         return {k: round(v, 6) for k, v in metrics.items()}
 
-    return {"base": rounded(base.metrics), "tuned": rounded(tuned.metrics),
-            "delta": {k: round(tuned.metrics[k] - base.metrics[k], 6) for k in base.metrics}}
+    def gain(after, before):
+        return {k: round(after.metrics[k] - before.metrics[k], 6) for k in before.metrics}
+
+    result = {"base": rounded(base.metrics), "tuned": rounded(tuned.metrics),
+              "delta": gain(tuned, base)}
+    if aligned is not None:
+        result.update(aligned=rounded(aligned.metrics), aligned_delta=gain(aligned, tuned))
+    return result
 
 
-def samples(examples: list[dict], base: ModelResult, tuned: ModelResult) -> list[dict]:
+def samples(examples: list[dict], base: ModelResult, tuned: ModelResult,
+            aligned: ModelResult | None = None) -> list[dict]:
+    """Each chat example's prompt, reference and answers (base, tuned and, where the align
+    stage trained a model, aligned)."""
     rows = []
-    for example, base_out, tuned_out in zip([e for e in examples if "messages" in e],
-                                            base.outputs, tuned.outputs):
+    chat = [e for e in examples if "messages" in e]
+    for index, (example, base_out, tuned_out) in enumerate(zip(chat, base.outputs, tuned.outputs)):
         prompt, answer = encoding.split_prompt(example)
         rows.append({"source": example.get("source"), "prompt": prompt[-1]["content"],
                      "reference": answer["content"], "base": base_out, "tuned": tuned_out})
+        if aligned is not None:
+            rows[-1]["aligned"] = aligned.outputs[index]
     return rows

@@ -26,21 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.config.params import RewardParams
 from tunelab.eval import scoring
 
 
-@dataclass(frozen=True)
-class RewardWeights:
-    """What each part of an answer is worth (params.yaml ``align.reward``).
-
-    The defaults sum to 1, so a reward reads as a score: 1 for the evaluate stage's perfect
-    answer, 0 for prose. Fields carry the task, as task_accuracy does among the metrics;
-    exact_match, which `tunelab check` also gates, adds the whole object right and no key
-    invented; json_valid is a small first step that GRPO can find before any field is right.
-    """
-    json_valid: float = 0.1
-    fields: float = 0.8
-    exact_match: float = 0.1
+# What each part of an answer is worth: params.yaml's align.reward section, the one copy of
+# the defaults. They sum to 1, so a reward reads as a score: 1 for the evaluate stage's
+# perfect answer, 0 for prose. Fields carry the task, as task_accuracy does among the
+# metrics; exact_match, which `tunelab check` also gates, adds the whole object right and no
+# key invented; json_valid is a small first step that GRPO can find before any field is right.
+RewardWeights = RewardParams
 
 
 @dataclass(frozen=True)

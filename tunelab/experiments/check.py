@@ -77,6 +77,10 @@ def unknown_metric_reason(name: str, root: str | Path = ".") -> str | None:
         return f"{file} is not valid JSON"
     if key in known:
         return None
+    # The aligned model has the tuned one's metrics, but only once an align stage has run:
+    # a sweep that turns alignment on may name them before.
+    if key.startswith("aligned.") and "tuned." + key.removeprefix("aligned.") in known:
+        return None
     hint = did_you_mean(key, known, prefix=name[: len(name) - len(key)])
     return f"'{name}' is not a number in {file}{hint}"
 

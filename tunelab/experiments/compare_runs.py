@@ -4,7 +4,9 @@ Two runs evaluated on one test split are scored example by example, so their gap
 comes with a 95% bootstrap confidence interval of the mean per-example difference
 (scipy.stats.bootstrap, BCa). On 56 examples a gap of 0.06 can be noise; the
 interval says whether it is. A and B are each a samples file (metrics/samples.jsonl
-as evaluate writes it), a git revision, or a DVC experiment name.
+as evaluate writes it), a git revision, or a DVC experiment name. A run's answers are its
+final model's: the aligned one where the align stage trained one, else the tuned one, so
+`tunelab compare-runs main dpo-exp` is SFT alone against SFT + DPO.
 """
 
 from __future__ import annotations
@@ -97,12 +99,17 @@ def resolve_revision(spec: str) -> str:
     raise DataError(f"{spec}: not a file, git revision or DVC experiment")
 
 
+def final_answer(sample: dict) -> str:
+    """The answer of the run's final model: aligned after an align stage, else tuned."""
+    return sample["aligned"] if isinstance(sample.get("aligned"), str) else sample["tuned"]
+
+
 def per_example_scores(samples: list[dict]) -> dict[tuple, dict]:
-    """{example key: {metric: score in 0..1}} for the tuned answer of every sample."""
+    """{example key: {metric: score in 0..1}} for the final answer of every sample."""
     scored = {}
     for index, sample in enumerate(samples):
         key = (sample.get("source", index), sample["prompt"])
-        scores = scoring.task_scores([sample["tuned"]], [sample["reference"]])
+        scores = scoring.task_scores([final_answer(sample)], [sample["reference"]])
         scored[key] = {metric: float(value) for metric, value in scores.items()}
     return scored
 

@@ -1,8 +1,9 @@
-"""`tunelab verify-repro`: rerun train + evaluate in a scratch folder and compare
+"""`tunelab verify-repro`: rerun train, align and evaluate in a scratch folder and compare
 their metrics with the workspace's, key by key.
 
 The scratch folder gets this workspace's params.yaml and links to models/base,
-data/prepared and the held-out file evaluate.heldout names (only read); the stage
+data/prepared, the preference data align.data names and the held-out file
+evaluate.heldout names (only read); the stage
 scripts run there as `dvc repro` would run them, so their outputs never touch the
 workspace. On CPU the same params, data and seed give the same numbers exactly, so the
 default tolerance is 0.
@@ -24,7 +25,8 @@ from tunelab.errors import DataError
 from tunelab.experiments import stage_commands
 from tunelab.util.names import flatten
 
-COMPARED = ("metrics/train/summary.json", "metrics/eval.json")
+COMPARED = ("metrics/train/summary.json", "metrics/align/summary.json", "metrics/eval.json")
+RERUN_STAGES = ("train", "align", "evaluate")
 LINKED = ("models/base", "data/prepared")
 # Wall-clock numbers differ on every run; they are shown, not compared.
 TIMING_WORDS = ("seconds", "runtime", "per_second")
@@ -71,14 +73,16 @@ def prepare_scratch(workspace: Path, scratch: Path) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     shutil.copy2(workspace / "params.yaml", scratch / "params.yaml")
     heldout = params.load("evaluate", workspace / "params.yaml").heldout
-    for name in (*LINKED, *([heldout] if heldout else [])):
+    preferences = params.load("align", workspace / "params.yaml").data
+    inputs = [name for name in (heldout, preferences) if name and (workspace / name).exists()]
+    for name in (*LINKED, *inputs):
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         if not (scratch / name).exists():
             os.symlink((workspace / name).resolve(), scratch / name)
 
 
 def rerun(workspace: Path, scratch: Path) -> int:
-    for stage in ("train", "evaluate"):
+    for stage in RERUN_STAGES:
         print(f"verify-repro: running stage {stage} in {scratch}", file=sys.stderr, flush=True)
         script, *paths = stage_commands.stage_argv(stage, workspace / "dvc.yaml")[1:]
         code = subprocess.run([sys.executable, str(workspace / script), *paths],

@@ -15,6 +15,9 @@ from tunelab.config.params import QuantizationParams
 from tunelab.errors import ParamsError
 
 TRAIN_INFO = "tunelab_train.json"
+# The align stage's record beside its adapter; {"objective": "none"} alone when it trained
+# nothing, and the run's model is then the SFT result.
+ALIGN_INFO = "tunelab_align.json"
 COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -63,6 +66,20 @@ def write_train_info(out_dir: str | Path, method: str, precision: str,
 def read_train_info(trained_dir: str | Path) -> dict:
     path = Path(trained_dir) / TRAIN_INFO
     return json.loads(path.read_text()) if path.is_file() else {"method": "lora"}
+
+
+def aligned_objective(aligned_dir: str | Path) -> str | None:
+    """The objective that trained the adapter in ``aligned_dir`` (dpo, grpo, ...); None
+    where the align stage trained nothing (objective none, or no such folder)."""
+    path = Path(aligned_dir) / ALIGN_INFO
+    objective = json.loads(path.read_text()).get("objective") if path.is_file() else None
+    return None if objective in (None, "none") else objective
+
+
+def final_model(adapter_dir: str | Path, aligned_dir: str | Path) -> Path:
+    """The model a run ships and exports: the aligned adapter where the align stage trained
+    one, else train's result."""
+    return Path(aligned_dir) if aligned_objective(aligned_dir) else Path(adapter_dir)
 
 
 def load_trained(base_dir: str | Path, trained_dir: str | Path | None = None):

@@ -1,5 +1,7 @@
 """One self-contained HTML report of a run, plus the same metrics as a rich table; with
-metrics/export.json, the GGUF files for llama.cpp / Ollama next to the transformers model.
+metrics/export.json, the GGUF files for llama.cpp / Ollama next to the transformers model;
+when the align stage ran (metrics/align/summary.json), the aligned model beside the tuned
+one and an Alignment section.
 
 The HTML has no external resources at all (plots are base64 data URIs, CSS is
 inline) so it can be mailed, attached to a PR or opened offline as is.
@@ -11,7 +13,7 @@ import base64
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -24,25 +26,36 @@ from tunelab.util.names import flatten
 REPORTED_PARAM_SECTIONS = ("model", "prepare", "train", "evaluate", "export")
 DEFAULT_MAX_SAMPLES = 10
 SAMPLE_FIELDS = ("prompt", "reference", "base", "tuned")
+ALIGNED = "aligned"  # eval.json's and samples.jsonl's key of the aligned model, when one ran
 
 # Changes this small are float noise, not a result ("same").
 RELATIVE_TOLERANCE = 1e-4
 ABSOLUTE_TOLERANCE = 1e-6
 
 # Training curves first in their natural reading order; unknown plots follow.
-PLOT_ORDER = ("base_vs_tuned", "loss", "learning_rate", "grad_norm")
-PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned on the 0..1 metrics",
+PLOT_ORDER = ("base_vs_tuned", "loss", "learning_rate", "grad_norm",
+              "align_loss", "align_rewards", "align_kl", "align_completion_length")
+PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned (vs aligned, when an alignment ran) on the "
+                                  "0..1 metrics",
                  "loss": "Training and evaluation loss", "learning_rate": "Learning rate schedule",
                  "grad_norm": "Gradient norm during training",
                  "token_lengths": "Token lengths of the raw examples against train.max_length "
-                                  "(metrics/data.json, analysis)"}
+                                  "(metrics/data.json, analysis)",
+                 "align_loss": "Alignment loss", "align_rewards":
+                     "Alignment rewards: the chosen answer's margin over the rejected one and "
+                     "how often it wins (DPO, ORPO, KTO), or the completions' mean reward +- 1 "
+                     "std (GRPO)",
+                 "align_kl": "KL divergence of the aligned model from the SFT reference",
+                 "align_completion_length": "Mean length of the sampled completions (GRPO)"}
 # Plots of the data, shown in the Data section next to metrics/data.json, not under Plots.
 DATA_PLOTS = ("token_lengths",)
+# The align stage's plots (stages/plot.py), shown in the Alignment section when it is there.
+ALIGN_PLOT_PREFIX = "align_"
 # metrics/data.json rows the Data section leaves out: the histogram's bins are its plot.
 HIDDEN_DATA_ROWS = ("analysis.histogram.",)
 STATUS_STYLES = {"improved": "green", "worse": "red", "same": "dim", "n/a": "dim"}
 # Of the held-out set, the headline numbers only: its every metric would double the table.
-HELDOUT_METRICS = ("task_accuracy", "json_valid", "exact_match", "loss")
+HELDOUT_METRICS = ("task_accuracy", "json_valid", "exact_match", "loss", "reward")
 
 # metrics/export.json (the export stage): one object per model, "transformers" the reference
 # the GGUF files are compared with, "lora" the adapter GGUF applied to a base GGUF.
@@ -58,29 +71,58 @@ MISSING_CELL = "\u2014"  # an em dash: this model has no such number
 
 @dataclass
 class MetricRow:
-    """One metric compared between the base (initial) and tuned (final) model."""
+    """One metric compared between the base (initial) and tuned (final) model, and, when
+    the align stage ran, between the tuned (SFT) and the aligned model."""
     name: str
     base: float
     tuned: float
     change: float
     status: str  # "improved" | "worse" | "same" | "n/a" (a value is NaN or inf)
+    aligned: float | None = None  # None: no alignment ran, or it has no such number
+    aligned_change: float | None = None  # aligned - tuned: what alignment did after SFT
+    aligned_status: str | None = None
 
 
 def metric_rows(eval_metrics: dict) -> list[MetricRow]:
     """The numeric metrics present for both models, in eval.json's order; then the
     held-out set's (evaluate.heldout) HELDOUT_METRICS, named "heldout NAME"."""
     base, tuned = eval_metrics.get("base", {}), eval_metrics.get("tuned", {})
+    aligned = eval_metrics.get(ALIGNED) if isinstance(eval_metrics.get(ALIGNED), dict) else {}
     rows = []
     for name, base_value in base.items():
         tuned_value = tuned.get(name)
         if metric_number(base_value) is None or metric_number(tuned_value) is None:
             continue
-        rows.append(MetricRow(name, base_value, tuned_value, tuned_value - base_value,
-                              compare_status(name, base_value, tuned_value)))
+        row = MetricRow(name, base_value, tuned_value, tuned_value - base_value,
+                        compare_status(name, base_value, tuned_value))
+        aligned_value = aligned.get(name)
+        if metric_number(aligned_value) is not None:
+            row.aligned, row.aligned_change = aligned_value, aligned_value - tuned_value
+            row.aligned_status = compare_status(name, tuned_value, aligned_value)
+        rows.append(row)
     if isinstance(eval_metrics.get("heldout"), dict):
-        rows += [MetricRow(f"heldout {row.name}", row.base, row.tuned, row.change, row.status)
+        rows += [replace(row, name=f"heldout {row.name}")
                  for row in metric_rows(eval_metrics["heldout"]) if row.name in HELDOUT_METRICS]
     return rows
+
+
+def metric_headers(eval_metrics: dict) -> list[str]:
+    """The metrics table's column headers (HTML and console): with an aligned model, SFT's
+    column is no longer the final one, and three columns compare the aligned model with it."""
+    if not has_aligned(eval_metrics):
+        return ["metric", "initial (base)", "final (tuned)", "change", "status"]
+    return ["metric", "initial (base)", "SFT (tuned)", "change", "status",
+            aligned_label(eval_metrics), "change vs SFT", "status vs SFT"]
+
+
+def has_aligned(eval_metrics: dict) -> bool:
+    return isinstance(eval_metrics.get(ALIGNED), dict)
+
+
+def aligned_label(eval_metrics: dict) -> str:
+    """"aligned (dpo)": the aligned model named with its objective, where eval.json says it."""
+    objective = eval_metrics.get("objective")
+    return f"{ALIGNED} ({objective})" if objective else ALIGNED
 
 
 def compare_status(name: str, base_value: float, tuned_value: float) -> str:
@@ -94,17 +136,66 @@ def compare_status(name: str, base_value: float, tuned_value: float) -> str:
 
 def summary_table(eval_metrics: dict) -> Table:
     """The report's metrics table for the console."""
-    table = Table(title="Base vs tuned")
-    table.add_column("metric")
-    table.add_column("initial (base)", justify="right")
-    table.add_column("final (tuned)", justify="right")
-    table.add_column("change", justify="right")
-    table.add_column("status")
+    aligned = has_aligned(eval_metrics)
+    table = Table(title="Base vs tuned vs aligned" if aligned else "Base vs tuned")
+    for header in metric_headers(eval_metrics):
+        is_text = header in ("metric", "status", "status vs SFT")
+        table.add_column(header, justify="left" if is_text else "right")
     for row in metric_rows(eval_metrics):
-        style = STATUS_STYLES[row.status]
-        table.add_row(row.name, format_value(row.base), format_value(row.tuned),
-                      format_change(row.change), f"[{style}]{row.status}[/{style}]")
+        cells = [row.name, format_value(row.base), format_value(row.tuned),
+                 format_change(row.change), _styled_status(row.status)]
+        if aligned:
+            cells += ([MISSING_CELL] * 3 if row.aligned is None else
+                      [format_value(row.aligned), format_change(row.aligned_change),
+                       _styled_status(row.aligned_status)])
+        table.add_row(*cells)
     return table
+
+
+def _styled_status(status: str) -> str:
+    style = STATUS_STYLES[status]
+    return f"[{style}]{status}[/{style}]"
+
+
+@dataclass
+class AlignmentSection:
+    """What the report shows of metrics/align/summary.json (the align stage)."""
+    objective: str
+    settings: list[tuple[str, object]]  # the summary less heldout_pairs, dotted like table_rows
+    pair_rows: list[MetricRow]  # held-out preference pairs: before (SFT) -> after (aligned)
+    pair_count: int | None = None  # how many held-out pairs, where the summary says
+    plots: list[dict] = field(default_factory=list)
+
+
+def alignment_section(summary: dict | None) -> AlignmentSection | None:
+    """None when no alignment ran: objective "none", or no summary (a run from before the
+    align stage); the report then has no Alignment section at all."""
+    if not summary or summary.get("objective", "none") == "none":
+        return None
+    pairs = summary.get("heldout_pairs") if isinstance(summary.get("heldout_pairs"), dict) else {}
+    # before/after hold the same kind of numbers as base/tuned, so they compare the same way
+    # (loss: lower is better; preference_accuracy, reward_margin: higher). KTO's may hold
+    # only some of them; GRPO trains on no pairs and has none.
+    return AlignmentSection(
+        objective=str(summary["objective"]),
+        settings=table_rows({key: value for key, value in summary.items()
+                             if key != "heldout_pairs"}),
+        pair_rows=metric_rows({"base": pairs.get("before") or {},
+                               "tuned": pairs.get("after") or {}}),
+        pair_count=pairs.get("rows"))
+
+
+def alignment_summary(summary: dict | None) -> str | None:
+    """One console line: the objective and its held-out pairs before -> after."""
+    section = alignment_section(summary)
+    if section is None:
+        return None
+    if not section.pair_rows:
+        return f"alignment {section.objective}: no held-out pairs"
+    count = f" ({section.pair_count})" if section.pair_count is not None else ""
+    changes = [f"{row.name} {format_value(row.base)} -> {format_value(row.tuned)}"
+               for row in section.pair_rows]
+    return f"alignment {section.objective}: held-out pairs{count} {', '.join(changes)}"
 
 
 @dataclass
@@ -176,13 +267,16 @@ def export_summary(export: dict) -> str:
 
 def build_report(*, eval_metrics: dict, params: dict | None = None, samples: list[dict] | None = None,
                  data_stats: dict | None = None, validation: dict | None = None,
-                 export: dict | None = None, plot_paths: Iterable[str | os.PathLike] = (), max_samples: int = DEFAULT_MAX_SAMPLES,
+                 export: dict | None = None, align_summary: dict | None = None,
+                 plot_paths: Iterable[str | os.PathLike] = (),
+                 max_samples: int = DEFAULT_MAX_SAMPLES,
                  title: str = "tunelab report") -> str:
     """Render the whole report to one HTML string.
 
     ``params`` is the full params.yaml; only REPORTED_PARAM_SECTIONS are shown.
     Optional inputs that are None are reported as missing rather than failing,
-    so a partial run still gets a report.
+    so a partial run still gets a report. ``align_summary`` (metrics/align/summary.json)
+    adds the Alignment section, unless its objective is "none".
     """
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0, got {max_samples}")
@@ -192,13 +286,24 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
                       if isinstance(params.get(section), dict)}
     env = templating.environment({"value": format_value, "change": format_change})
     template = env.get_template("report.html.j2")
+    alignment = alignment_section(align_summary)
     plots = [(path.stem, _embed_png(path))
              for path in sorted(map(Path, plot_paths), key=_plot_sort_key)]
+    if alignment is not None:  # else align_*.png (if any) stay under Plots: never dropped
+        alignment.plots = [plot for stem, plot in plots if stem.startswith(ALIGN_PLOT_PREFIX)]
+        plots = [(stem, plot) for stem, plot in plots if not stem.startswith(ALIGN_PLOT_PREFIX)]
+    sample_fields = SAMPLE_FIELDS + ((ALIGNED,) if any(ALIGNED in sample for sample in samples)
+                                     else ())
     return template.render(
         title=title,
         method=eval_metrics.get("method"),
         test_examples=eval_metrics.get("examples"),
+        metric_headers=metric_headers(eval_metrics),
         metric_rows=metric_rows(eval_metrics),
+        show_aligned=has_aligned(eval_metrics),
+        aligned_label=aligned_label(eval_metrics),
+        missing_cell=MISSING_CELL,
+        alignment=alignment,
         param_sections=param_sections,
         data_stats=None if data_stats is None else [(key, value) for key, value in
                                                     table_rows(data_stats)
@@ -210,8 +315,9 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
         export_settings=None if export is None else export_settings(export),
         plots=[plot for stem, plot in plots if stem not in DATA_PLOTS],
         # Missing fields render empty: one odd row must not sink the whole report.
-        samples=[{field: str(sample.get(field, "")) for field in SAMPLE_FIELDS}
+        samples=[{name: str(sample.get(name, "")) for name in sample_fields}
                  for sample in samples[:max_samples]],
+        samples_aligned=ALIGNED in sample_fields,
         total_samples=len(samples),
     )
 

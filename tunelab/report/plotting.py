@@ -1,5 +1,6 @@
-"""PNG figures for a run: training curves from DVCLive, base vs tuned bars, and the
-token-length histogram of metrics/data.json.
+"""PNG figures for a run: training curves from DVCLive (the SFT run's and, when one ran,
+the alignment's), base vs tuned (vs aligned) bars, and the token-length histogram of
+metrics/data.json.
 
 Every figure is written through ``files.atomic_path`` so a crash mid-save never
 leaves a truncated PNG that a later report would embed.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -20,24 +22,70 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tunelab.util import files  # noqa: E402
 
+
+@dataclass(frozen=True)
+class CurveFigure:
+    """One PNG of DVCLive curves. ``lines`` maps a legend label to the series names it may
+    be logged under (the first present wins); ``bands`` maps a line's label to the series
+    of its standard deviation, drawn as a +-1 std band around it."""
+    file_name: str
+    title: str
+    ylabel: str
+    lines: dict[str, tuple[str, ...]]
+    bands: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
 # DVCLive names a series by its path under plots/metrics/. transformers' DVCLive
 # callback logs the per-step train loss as "loss" ("train/loss" is the one-row
 # end-of-run summary), eval loss as "eval/loss", and "learning_rate", "grad_norm".
-TRAIN_LOSS_NAMES = ("loss",)
-EVAL_LOSS_NAMES = ("eval/loss",)
-LEARNING_RATE_NAMES = ("learning_rate",)
-GRAD_NORM_NAMES = ("grad_norm",)
+TRAINING_FIGURES = (
+    CurveFigure("loss.png", "Loss", "loss",
+                {"train loss": ("loss",), "eval loss": ("eval/loss",)}),
+    CurveFigure("learning_rate.png", "Learning rate schedule", "learning rate",
+                {"learning rate": ("learning_rate",)}),
+    CurveFigure("grad_norm.png", "Gradient norm", "L2 norm of gradients",
+                {"gradient norm": ("grad_norm",)}),
+)
+
+# The align stage's curves (metrics/align), logged by TRL's trainers through the same
+# callback. DPO, ORPO and KTO log the implicit reward of the chosen and rejected answers
+# ("rewards/margins", "rewards/accuracies": how often chosen beats rejected); GRPO logs the
+# mean reward of its sampled completions ("reward", "reward_std"), the KL to the reference
+# model ("kl"; KTO logs one too) and "completions/mean_length". A file is written only when
+# one of its series was logged, so each objective gets the figures it has.
+ALIGN_FIGURES = (
+    CurveFigure("align_loss.png", "Alignment loss", "loss",
+                {"train loss": ("loss",), "eval loss": ("eval/loss",)}),
+    CurveFigure("align_rewards.png", "Alignment rewards", "reward",
+                {"reward margin (chosen - rejected)": ("rewards/margins",),
+                 "preference accuracy (share, 0..1)": ("rewards/accuracies",),
+                 "eval reward margin": ("eval/rewards/margins",),
+                 "eval preference accuracy": ("eval/rewards/accuracies",),
+                 "mean reward": ("reward",)},
+                bands={"mean reward": ("reward_std",)}),
+    CurveFigure("align_kl.png", "KL divergence from the reference model", "KL",
+                {"KL": ("kl",)}),
+    CurveFigure("align_completion_length.png", "Length of the sampled completions",
+                "tokens", {"mean completion length": ("completions/mean_length",)}),
+)
 
 # Metrics that live on a 0..1 scale and so share one bar chart's y axis.
-UNIT_SCALE_METRICS = ("task_accuracy", "exact_match")
+UNIT_SCALE_METRICS = ("task_accuracy", "exact_match", "reward")
 UNIT_SCALE_PREFIXES = ("field_", "rouge")
+
+# The models of metrics/eval.json a bar chart compares, in order, with their bars' look;
+# "aligned" is there only when the align stage ran.
+COMPARED_MODELS = (("base", "base (initial)", "#9aa5b1"), ("tuned", "tuned (SFT)", "#2f6fde"),
+                   ("aligned", "aligned", "#e8833a"))
 
 DEFAULT_DPI = 100
 
 
 def plot_training_curves(live_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                         dpi: int = DEFAULT_DPI) -> list[Path]:
-    """Write loss.png, learning_rate.png and grad_norm.png from a DVCLive dir.
+                         dpi: int = DEFAULT_DPI,
+                         figures: tuple[CurveFigure, ...] = TRAINING_FIGURES) -> list[Path]:
+    """Write ``figures`` (by default loss.png, learning_rate.png and grad_norm.png) from a
+    DVCLive dir; ALIGN_FIGURES for the align stage's.
 
     A figure whose series are all absent is skipped; returns the files written.
     """
@@ -45,53 +93,44 @@ def plot_training_curves(live_dir: str | os.PathLike, out_dir: str | os.PathLike
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-
-    losses = {"train loss": _first_present(series, TRAIN_LOSS_NAMES),
-              "eval loss": _first_present(series, EVAL_LOSS_NAMES)}
-    if _plot_lines(losses, out_dir / "loss.png", title="Loss", ylabel="loss", dpi=dpi):
-        written.append(out_dir / "loss.png")
-
-    learning_rate = {"learning rate": _first_present(series, LEARNING_RATE_NAMES)}
-    if _plot_lines(learning_rate, out_dir / "learning_rate.png", title="Learning rate schedule",
-                   ylabel="learning rate", dpi=dpi):
-        written.append(out_dir / "learning_rate.png")
-
-    grad_norm = {"gradient norm": _first_present(series, GRAD_NORM_NAMES)}
-    if _plot_lines(grad_norm, out_dir / "grad_norm.png", title="Gradient norm",
-                   ylabel="L2 norm of gradients", dpi=dpi):
-        written.append(out_dir / "grad_norm.png")
+    for figure in figures:
+        lines = {label: _first_present(series, names) for label, names in figure.lines.items()}
+        bands = {label: _first_present(series, names) for label, names in figure.bands.items()}
+        if _plot_lines(lines, out_dir / figure.file_name, title=figure.title,
+                       ylabel=figure.ylabel, dpi=dpi, bands=bands):
+            written.append(out_dir / figure.file_name)
     return written
 
 
 def plot_base_vs_tuned(eval_metrics: dict, out_path: str | os.PathLike,
                        dpi: int = DEFAULT_DPI) -> Path | None:
-    """Grouped bars, base vs tuned, for the 0..1 metrics of ``metrics/eval.json``.
+    """Grouped bars, base vs tuned (vs aligned, when eval.json has it), for the 0..1 metrics
+    of ``metrics/eval.json`` that every one of those models has.
 
     Returns the path written, or None when no 0..1 metric is present.
     """
-    base, tuned = eval_metrics.get("base", {}), eval_metrics.get("tuned", {})
-    names = [name for name in base
-             if is_unit_scale_metric(name) and _is_number(base[name]) and _is_number(tuned.get(name))]
-    if not names:
+    models = [(key, eval_metrics[key], label, color) for key, label, color in COMPARED_MODELS
+              if isinstance(eval_metrics.get(key), dict)]
+    names = [name for name in eval_metrics.get("base", {}) if is_unit_scale_metric(name)
+             and all(_is_number(metrics.get(name)) for _, metrics, _, _ in models)]
+    if len(models) < 2 or not names:
         return None
 
-    positions = range(len(names))
-    bar_width = 0.38
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
-    base_bars = ax.bar([x - bar_width / 2 for x in positions], [base[n] for n in names],
-                       bar_width, label="base (initial)", color="#9aa5b1")
-    tuned_bars = ax.bar([x + bar_width / 2 for x in positions], [tuned[n] for n in names],
-                        bar_width, label="tuned (final)", color="#2f6fde")
-    for bars in (base_bars, tuned_bars):
+    bar_width = 0.76 / len(models)  # the group keeps its width as a model is added
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(models) * len(names) + 2), 4.5))
+    for index, (_, metrics, label, color) in enumerate(models):
+        offset = (index - (len(models) - 1) / 2) * bar_width
+        bars = ax.bar([x + offset for x in range(len(names))], [metrics[n] for n in names],
+                      bar_width, label=label, color=color)
         ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
 
     many_bars = len(names) > 4  # long names like field_priority collide unless slanted
-    ax.set_xticks(list(positions), names, rotation=30 if many_bars else 0,
+    ax.set_xticks(list(range(len(names))), names, rotation=30 if many_bars else 0,
                   ha="right" if many_bars else "center")
     ax.set_ylim(0, 1.12)  # headroom for the value labels above a bar at 1.0
     ax.set_ylabel("score (0..1, higher is better)")
-    ax.set_title("Base vs tuned on the test split")
-    ax.legend(loc="upper left", ncols=2, frameon=False)
+    ax.set_title(f"{' vs '.join(key for key, _, _, _ in models).capitalize()} on the test split")
+    ax.legend(loc="upper left", ncols=len(models), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_path, dpi)
 
@@ -172,14 +211,18 @@ def _first_present(series: dict, names: tuple[str, ...]):
     return next((series[name] for name in names if name in series), None)
 
 
-def _plot_lines(lines: dict, out_path: Path, title: str, ylabel: str, dpi: int) -> bool:
+def _plot_lines(lines: dict, out_path: Path, title: str, ylabel: str, dpi: int,
+                bands: dict | None = None) -> bool:
     present = {label: data for label, data in lines.items() if data}
     if not present:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, (steps, values) in present.items():
         # Eval loss has a handful of points: markers make each one visible.
-        ax.plot(steps, values, label=label, marker="o" if len(steps) <= 30 else None, markersize=4)
+        (line,) = ax.plot(steps, values, label=label, marker="o" if len(steps) <= 30 else None,
+                          markersize=4)
+        if (bands or {}).get(label):
+            _fill_band(ax, steps, values, bands[label], line.get_color())
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "step 2.5" on short runs
@@ -189,6 +232,20 @@ def _plot_lines(lines: dict, out_path: Path, title: str, ylabel: str, dpi: int) 
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     _save(fig, out_path, dpi)
     return True
+
+
+def _fill_band(ax, steps: list[float], values: list[float], spread: tuple[list[float], list[float]],
+               color) -> None:
+    # The spread is its own TSV: pair it with the line by step, since a torn or non-finite
+    # row (skipped by _read_tsv) can drop a point from one file and not the other.
+    spread_at = dict(zip(*spread))
+    paired = [(step, value, spread_at[step]) for step, value in zip(steps, values)
+              if step in spread_at]
+    if paired:
+        band_steps, centres, widths = zip(*paired)
+        ax.fill_between(band_steps, [c - w for c, w in zip(centres, widths)],
+                        [c + w for c, w in zip(centres, widths)], color=color, alpha=0.2,
+                        linewidth=0)
 
 
 def _save(fig, out_path: str | os.PathLike, dpi: int) -> Path:

@@ -26,71 +26,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, set_seed
 
-from tunelab.config.params import QuantizationParams
+from tunelab.config.params import AlignParams, QuantizationParams
 from tunelab.errors import ParamsError
 from tunelab.models import loading
 from tunelab.train import align_data, training
 
-OBJECTIVES = ("dpo", "orpo", "kto", "grpo")
-WITH_REFERENCE = ("dpo", "kto", "grpo")  # grpo only when beta > 0
-# beta trades reward against staying near the reference: DPO/KTO's KL weight (0.1, the
-# papers' and TRL's default), ORPO's odds-ratio weight λ (0.1, TRL's), GRPO's KL weight to
-# the SFT model (0.04, DeepSeekMath's; TRL defaults to 0, which drops the reference and its
-# forward pass but lets the policy drift from the answer format SFT taught).
-DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "grpo": 0.04}
-ALIGN_INFO = "tunelab_align.json"
+# TRL's evaluation metrics on held-out pairs, under the names the summary gives them.
+PAIR_METRICS = {"eval_loss": "loss", "eval_rewards/accuracies": "preference_accuracy",
+                "eval_rewards/margins": "reward_margin"}
 
 
-@dataclass(frozen=True)
-class AlignSettings:
-    """An alignment run's knobs, with defaults sized for a small model on CPU (params.yaml's
-    ``align`` section will hold them)."""
-    objective: str = "dpo"       # dpo | orpo | kto | grpo
-    beta: float | None = None    # None: DEFAULT_BETA[objective]
-    # LoRA takes a higher rate than full-weight DPO's 5e-7..1e-6: 5e-6..5e-5 moves a small
-    # model's adapter within a few hundred steps without undoing SFT.
-    learning_rate: float = 2e-5
-    max_steps: int = -1          # -1: `epochs` passes over the data
-    epochs: float = 1.0
-    batch_size: int = 2          # pairs (dpo/orpo), completions (kto: > 1), prompts (grpo)
-    gradient_accumulation: int = 4
-    max_length: int = 512        # prompt + answer tokens; TRL keeps the start, cuts the end
-    seed: int = 42
-    precision: str = "fp32"      # fp32 | auto | bf16 | fp16, as train.precision (fp32: the same
-                                 # numbers on every CPU)
-    loss_type: str = "sigmoid"   # dpo: sigmoid (the paper's) | ipo | hinge | robust | ...
-    # grpo: completions sampled per prompt (their rewards' spread is the advantage), each at
-    # most max_completion_length tokens; generating dominates a CPU step, so both are small.
-    num_generations: int = 4
-    max_completion_length: int = 64
-    temperature: float = 1.0     # grpo sampling: below ~0.7 a group's completions agree
-    logging_steps: int = 1
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ParamsError(f"align.objective: unknown '{self.objective}' "
-                              f"(use {', '.join(OBJECTIVES)})")
-        if self.objective == "kto" and self.batch_size < 2:
-            raise ParamsError("align.batch_size: kto needs 2 or more (its KL term pairs each "
-                              "completion with another prompt's in the same batch)")
-
-    @property
-    def objective_beta(self) -> float:
-        return DEFAULT_BETA[self.objective] if self.beta is None else self.beta
-
-    @property
-    def has_reference(self) -> bool:
-        return self.objective in WITH_REFERENCE and (self.objective != "grpo"
-                                                     or self.objective_beta > 0)
-
-
-def align(settings: AlignSettings, base_dir: str | Path, sft_adapter_dir: str | Path,
+def align(settings: AlignParams, base_dir: str | Path, sft_adapter_dir: str | Path,
           train_examples: list[dict], adapter_dir: str | Path, checkpoint_dir: str | Path,
           eval_examples: list[dict] | None = None, reward_funcs=(),
           live_dir: str | Path | None = None, callbacks=()) -> dict:
@@ -107,6 +58,9 @@ def align(settings: AlignSettings, base_dir: str | Path, sft_adapter_dir: str | 
     started = time.monotonic()
     trainer = build_align_trainer(settings, base_dir, sft_adapter_dir, train_examples,
                                   eval_examples, checkpoint_dir, reward_funcs, callbacks)
+    # Held-out pairs before the first step (the SFT model: for dpo the reference itself, so
+    # a loss of ln 2, margin 0) and after the last: what the objective moved.
+    before = pair_metrics(trainer)
     result = trainer.train()
     losses = logged(trainer, "loss")
     summary = {
@@ -118,13 +72,14 @@ def align(settings: AlignSettings, base_dir: str | Path, sft_adapter_dir: str | 
         "final_loss": round(losses[-1], 6) if losses else None,
         "train_rows": len(trainer.train_dataset),
     }
-    if trainer.eval_dataset is not None:
-        summary["eval_loss"] = round(trainer.evaluate()["eval_loss"], 6)
+    if before is not None:
+        summary["heldout_pairs"] = {"rows": len(trainer.eval_dataset), "before": before,
+                                    "after": pair_metrics(trainer)}
     save_adapter(trainer, settings, sft_adapter_dir, adapter_dir, summary)
     return {**summary, "train_seconds": round(time.monotonic() - started, 1)}
 
 
-def build_align_trainer(settings: AlignSettings, base_dir: str | Path,
+def build_align_trainer(settings: AlignParams, base_dir: str | Path,
                         sft_adapter_dir: str | Path, train_examples: list[dict],
                         eval_examples: list[dict] | None, output_dir: str | Path,
                         reward_funcs=(), callbacks=()):
@@ -179,7 +134,7 @@ def policy_model(base_dir: str | Path, sft_adapter_dir: str | Path, precision: s
     return PeftModel.from_pretrained(base, str(sft_adapter_dir), is_trainable=True)
 
 
-def check_reference(model, settings: AlignSettings) -> None:
+def check_reference(model, settings: AlignParams) -> None:
     """Refuse a run whose reference TRL made the bare base instead of the SFT model."""
     if settings.has_reference and "ref" not in model.peft_config:
         raise RuntimeError(f"{settings.objective}: TRL did not copy the SFT adapter as the "
@@ -187,7 +142,7 @@ def check_reference(model, settings: AlignSettings) -> None:
                            "align against the base model. Upgrade peft.")
 
 
-def trl_config(settings: AlignSettings, output_dir: str | Path, precision: str):
+def trl_config(settings: AlignParams, output_dir: str | Path, precision: str):
     """The objective's TRL config; what all four share is set once here."""
     common = dict(
         output_dir=str(output_dir),
@@ -195,7 +150,9 @@ def trl_config(settings: AlignSettings, output_dir: str | Path, precision: str):
         max_steps=settings.max_steps,
         num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
+        # TRL averages its reward metrics per batch: in batches of one pair the accuracy is
+        # the share of pairs. kto's KL term needs two completions in a batch.
+        per_device_eval_batch_size=settings.batch_size if settings.objective == "kto" else 1,
         gradient_accumulation_steps=settings.gradient_accumulation,
         beta=settings.objective_beta,
         seed=settings.seed,
@@ -235,7 +192,7 @@ def trl_config(settings: AlignSettings, output_dir: str | Path, precision: str):
                       temperature=settings.temperature)
 
 
-def save_adapter(trainer, settings: AlignSettings, sft_adapter_dir: str | Path,
+def save_adapter(trainer, settings: AlignParams, sft_adapter_dir: str | Path,
                  adapter_dir: str | Path, summary: dict) -> None:
     """The trained "default" adapter alone (PEFT would save the "ref" copy in a subfolder),
     with the SFT run's tunelab_train.json (how to load the base) and tunelab_align.json."""
@@ -248,8 +205,18 @@ def save_adapter(trainer, settings: AlignSettings, sft_adapter_dir: str | Path,
     training.sort_target_modules(Path(adapter_dir) / "adapter_config.json")
     info = loading.read_train_info(sft_adapter_dir)
     (Path(adapter_dir) / loading.TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    align_info = {**summary, "settings": asdict(settings)}
-    (Path(adapter_dir) / ALIGN_INFO).write_text(json.dumps(align_info, indent=2) + "\n")
+    align_info = {**summary, "settings": settings.model_dump()}
+    (Path(adapter_dir) / loading.ALIGN_INFO).write_text(json.dumps(align_info, indent=2) + "\n")
+
+
+def pair_metrics(trainer) -> dict | None:
+    """TRL's evaluation on the held-out rows, the PAIR_METRICS it reports (dpo and orpo:
+    the share of pairs whose implicit reward ranks chosen above rejected and the mean
+    margin; kto: the loss), rounded; None without held-out rows."""
+    if trainer.eval_dataset is None:
+        return None
+    found = trainer.evaluate()
+    return {name: round(found[key], 6) for key, name in PAIR_METRICS.items() if key in found}
 
 
 def logged(trainer, key: str) -> list[float]:
