@@ -61,7 +61,7 @@ def sft_adapter(make_tiny_adapter):
 def run(tmp_path, tiny_base_dir, sft_adapter, settings, examples, **kwargs):
     recorder = LogRecorder()
     summary = align(settings, tiny_base_dir, sft_adapter, examples, tmp_path / "adapter",
-                    tmp_path / "checkpoints", callbacks=[recorder], **kwargs)
+                    tmp_path / "checkpoints", tmp_path / "live", callbacks=[recorder], **kwargs)
     return summary, recorder
 
 

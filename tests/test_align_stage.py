@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ import yaml
 
 from conftest import stage_args
 from tunelab.models import loading
+from tunelab.train import checkpoints
 from tunelab.util import files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +86,7 @@ def test_objective_none_writes_only_the_note_and_evaluate_keeps_its_keys(workspa
     assert sorted(p.name for p in (workdir / "models/aligned").iterdir()) == ["tunelab_align.json"]
     assert files.read_json(workdir / "metrics/align/summary.json") == {"objective": "none"}
     assert sorted(p.name for p in (workdir / "metrics/align").iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in (workdir / "models/align_checkpoints").iterdir()) == ["ABOUT.md"]
     assert loading.final_model(workdir / "models/adapter", workdir / "models/aligned") == \
         workdir / "models/adapter"
     result = run("evaluate", workdir)
@@ -108,6 +113,10 @@ def test_dpo_trains_the_sft_adapter_on_and_reports_the_heldout_pairs(aligned):
     curves = workdir / "metrics/align/plots/metrics"
     assert (curves / "loss.tsv").is_file() and (curves / "rewards/margins.tsv").is_file()
     assert (workdir / "metrics/align/training.log").read_text().startswith("step ")
+    # A finished run keeps no checkpoint, only the note saying what the folder is for.
+    assert (workdir / "models/align_checkpoints/ABOUT.md").read_text() == \
+        checkpoints.ALIGN_ABOUT_TEXT
+    assert sorted(p.name for p in (workdir / "models/align_checkpoints").iterdir()) == ["ABOUT.md"]
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +183,63 @@ def test_a_whole_model_from_full_training_is_refused_in_one_line(workspace_facto
     assert result.stderr.strip().splitlines()[-1] == (
         "align: error: align continues the SFT adapter, but models/adapter holds a whole model "
         "(train.method: full); align a lora or qlora run")
+
+
+# Runs the real stage script, only slower at each checkpoint so the test can kill it there.
+SLOW_STAGE = """
+import runpy, sys, time
+from tunelab.train import training
+saved = training.CheckpointKeeper.on_save
+def slow_save(self, *args, **kwargs):
+    saved(self, *args, **kwargs)
+    time.sleep(0.5)
+training.CheckpointKeeper.on_save = slow_save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+RESUMABLE = {**ALIGN, "max_steps": 4, "save_steps": 2}
+
+
+def curves(workdir: Path) -> dict[str, list[str]]:
+    """Each DVCLive curve of the run as its step and value columns (no wall-clock ones)."""
+    found = {}
+    for path in sorted((workdir / "metrics/align/plots/metrics").rglob("*.tsv")):
+        if not any(word in path.stem for word in ("time", "per_second")):
+            found[str(path.relative_to(workdir))] = [line.split("\t")[:2] for line in
+                                                     path.read_text().splitlines()]
+    return found
+
+
+def test_a_killed_run_resumes_to_the_same_adapter_summary_and_curves(workspace_factory):
+    whole = workspace_factory(**RESUMABLE)
+    assert run("align", whole).returncode == 0
+    killed = workspace_factory(**RESUMABLE)
+    marker = killed / "models/align_checkpoints/checkpoint-2" / checkpoints.MARKER_FILE
+    process = subprocess.Popen([sys.executable, "-c", SLOW_STAGE, str(REPO / "stages/align.py"),
+                                *stage_args("align", killed)], cwd=killed,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not marker.exists() and process.poll() is None:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    output = process.communicate()[0]
+    assert process.returncode == -signal.SIGKILL, output[-3000:]
+    assert not (killed / "models/aligned").exists() and not (killed / "metrics/align").exists()
+
+    result = run("align", killed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "align: resuming from models/align_checkpoints/checkpoint-2 (step 2)" in result.stdout
+    from safetensors.torch import load_file
+
+    expected = load_file(whole / "models/aligned/adapter_model.safetensors")
+    resumed = load_file(killed / "models/aligned/adapter_model.safetensors")
+    assert expected.keys() == resumed.keys()
+    assert all(torch_equal(expected[name], resumed[name]) for name in expected)
+    assert files.read_json(killed / "metrics/align/summary.json") == \
+        files.read_json(whole / "metrics/align/summary.json")
+    assert curves(killed) == curves(whole)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

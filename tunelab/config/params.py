@@ -204,6 +204,7 @@ class AlignParams(Section):
     max_completion_length: Int = Field(64, gt=0)
     temperature: Float = Field(1.0, gt=0)
     logging_steps: Int = Field(1, gt=0)
+    save_steps: Int = Field(5, ge=0)
     reward: RewardParams = Field(default_factory=RewardParams)
 
     @field_validator("beta")
@@ -386,6 +387,10 @@ def check_train(train: TrainParams, path: str | Path = PARAMS_FILE) -> None:
 
 
 def check_align(align: AlignParams, path: str | Path = PARAMS_FILE) -> None:
+    if align.save_steps and align.save_steps % align.logging_steps:  # as check_train
+        raise ParamsError(f"{path}: align.save_steps: must be a multiple of align.logging_steps "
+                          f"({align.logging_steps}) so a resumed run logs the same curve, "
+                          f"got {align.save_steps}")
     if align.objective == "kto" and align.batch_size < 2:
         raise ParamsError(f"{path}: align.batch_size: kto needs 2 or more (its KL term pairs "
                           f"each completion with another prompt's in the same batch), got "

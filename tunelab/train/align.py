@@ -43,32 +43,47 @@ PAIR_METRICS = {"eval_loss": "loss", "eval_rewards/accuracies": "preference_accu
 
 def align(settings: AlignParams, base_dir: str | Path, sft_adapter_dir: str | Path,
           train_examples: list[dict], adapter_dir: str | Path, checkpoint_dir: str | Path,
-          eval_examples: list[dict] | None = None, reward_funcs=(),
-          live_dir: str | Path | None = None, callbacks=()) -> dict:
+          live_dir: str | Path, eval_examples: list[dict] | None = None, reward_funcs=(),
+          callbacks=()) -> dict:
     """Align the SFT adapter in ``sft_adapter_dir`` and write the result to ``adapter_dir``
     with ``tunelab_align.json``; returns the summary (with wall time, which the files leave
-    out so equal runs write equal bytes). ``live_dir``: DVCLive metrics and training.log."""
-    callbacks = list(callbacks)
-    if live_dir is not None:
-        from dvclive import Live
+    out so equal runs write equal bytes). ``live_dir``: DVCLive metrics and training.log.
 
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
-        callbacks += [training.StepAlignedDVCLive(live=live),
-                      training.TrainingLog(Path(live_dir) / "training.log")]
+    Checkpoints go to ``checkpoint_dir`` every ``settings.save_steps``; a run killed after
+    one resumes there as train does (tunelab.train.checkpoints: the fingerprint covers the
+    align params, the base, the SFT adapter and the examples), to the same adapter."""
+    from dvclive import Live
+
+    sft_files = [Path(sft_adapter_dir) / name
+                 for name in ("adapter_model.safetensors", "adapter_config.json")]
+    resume_from, keeper = training.resume_point(
+        settings, base_dir, sft_files, checkpoint_dir, live_dir, writer=True, section="align",
+        data=[train_examples, eval_examples or []])
+    resumed = resume_from is not None  # DVCLive and training.log continue the restored logs
+    logs = [training.StepAlignedDVCLive(live=Live(dir=str(live_dir), resume=resumed,
+                                                  save_dvc_exp=False, dvcyaml=None)),
+            training.TrainingLog(Path(live_dir) / "training.log", fresh=not resumed)]
     started = time.monotonic()
     trainer = build_align_trainer(settings, base_dir, sft_adapter_dir, train_examples,
-                                  eval_examples, checkpoint_dir, reward_funcs, callbacks)
+                                  eval_examples, checkpoint_dir, reward_funcs,
+                                  [keeper, *callbacks])
+    keeper.trainer = trainer
     # Held-out pairs before the first step (the SFT model: for dpo the reference itself, so
-    # a loss of ln 2, margin 0) and after the last: what the objective moved.
+    # a loss of ln 2, margin 0; a resumed run loads its checkpoint only in train()) and after
+    # the last: what the objective moved. The first is left out of the curves, which a
+    # resumed run restores from its checkpoint and would otherwise log twice.
     before = pair_metrics(trainer)
-    result = trainer.train()
+    for callback in logs:
+        trainer.add_callback(callback)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     losses = logged(trainer, "loss")
+    steps = trainer.state.global_step
     summary = {
         "objective": settings.objective,
         "beta": settings.objective_beta,
         "precision": training.resolve_precision(settings.precision),
-        "steps": trainer.state.global_step,
-        "train_loss": round(result.training_loss, 6),
+        "steps": steps,
+        "train_loss": round(keeper.train_loss(result.training_loss, steps), 6),
         "final_loss": round(losses[-1], 6) if losses else None,
         "train_rows": len(trainer.train_dataset),
     }
@@ -164,8 +179,10 @@ def trl_config(settings: AlignParams, output_dir: str | Path, precision: str):
         logging_steps=settings.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,
-        save_strategy="no",
-        eval_strategy="no",  # align() evaluates once, at the end
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,  # 500: the trainer's default, unused with "no"
+        save_total_limit=2,  # two, so a checkpoint half-written by a kill leaves a complete one
+        eval_strategy="no",  # align() evaluates before and after
         report_to=[],  # DVCLive is a callback, pointed at the stage's metrics folder
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),

@@ -1,4 +1,5 @@
-"""Resumable training: checkpoints that belong to one configuration.
+"""Resumable training (the train and the align stage): checkpoints that belong to one
+configuration.
 
 The trainer writes ``checkpoint-N/`` folders (weights, optimizer, scheduler, RNG
 and trainer state) into the checkpoint folder, which DVC keeps between runs
@@ -7,8 +8,8 @@ and trainer state) into the checkpoint folder, which DVC keeps between runs
 * A checkpoint counts only once ``tunelab_checkpoint.json`` is in it. That file
   is written last (after the trainer returned from saving), so a folder
   half-written when the process was killed is ignored.
-* The folder carries a fingerprint of the train params, the data and the base
-  model. Checkpoints from another fingerprint are deleted, never resumed: a run
+* The folder carries a fingerprint of the stage's params, the data and the base
+  model (and for align the SFT adapter). Checkpoints from another fingerprint are deleted, never resumed: a run
   with a new learning rate must not continue an old one.
 * Each checkpoint holds a copy of the DVCLive logs as they were at its step, so
   resuming restores the curves without the steps logged after it.
@@ -43,13 +44,25 @@ them; with 0 only this file stays.
 """
 
 
-def fingerprint(train_params, files) -> str:
-    """sha256 of the train params and of each file's bytes. Params that change no trained
-    number (params.CHANGES_NO_RESULT) are left out: a run may resume across a change of them."""
-    settings = params.result_settings(train_params, "train")
+ALIGN_ABOUT_TEXT = """\
+# Alignment checkpoints
+
+While `align` runs (align.objective other than none), it saves a `checkpoint-N/` folder
+here every `align.save_steps` steps. A killed run resumes from the newest complete one
+(DVC keeps this folder between runs: `persist: true`). A finished run keeps none of them.
+"""
+
+
+def fingerprint(section_params, files, section: str = "train", data=None) -> str:
+    """sha256 of a params section, of each file's bytes and of ``data`` (JSON: examples
+    read in memory). Params that change no trained number (params.CHANGES_NO_RESULT) are
+    left out: a run may resume across a change of them."""
+    settings = params.result_settings(section_params, section)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in files:
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    if data is not None:
+        digest.update(hashlib.sha256(json.dumps(data, sort_keys=True).encode()).digest())
     return digest.hexdigest()
 
 
@@ -70,7 +83,7 @@ def is_complete(checkpoint: Path, expected_fingerprint: str) -> bool:
             and (checkpoint / "trainer_state.json").is_file())
 
 
-def claim(checkpoint_dir: str | Path, expected_fingerprint: str) -> None:
+def claim(checkpoint_dir: str | Path, expected_fingerprint: str, stage: str = "train") -> None:
     """Make ``checkpoint_dir`` belong to ``expected_fingerprint``: delete checkpoints
     of any other params or data (only the writing process calls this)."""
     folder = Path(checkpoint_dir)
@@ -83,7 +96,7 @@ def claim(checkpoint_dir: str | Path, expected_fingerprint: str) -> None:
         return
     stale = step_folders(folder)
     if stale:
-        print(f"train: {len(stale)} checkpoints in {folder}/ are from other params or data; "
+        print(f"{stage}: {len(stale)} checkpoints in {folder}/ are from other params or data; "
               "deleting them and starting fresh")
     for path in stale:
         shutil.rmtree(path)
@@ -133,9 +146,9 @@ def restore_live(checkpoint: Path, live_dir: str | Path) -> None:
             shutil.copy2(source, target)
 
 
-def clean(checkpoint_dir: str | Path, keep: int) -> None:
+def clean(checkpoint_dir: str | Path, keep: int, about: str = ABOUT_TEXT) -> None:
     """After a finished run: delete all but the newest ``keep`` checkpoints; with 0,
-    everything else too (fingerprint, the trainer's model card) but ABOUT.md."""
+    everything else too (fingerprint, the trainer's model card) but ABOUT.md (``about``)."""
     folders = step_folders(checkpoint_dir)
     for path in folders[:max(len(folders) - keep, 0)]:
         shutil.rmtree(path)
@@ -145,6 +158,6 @@ def clean(checkpoint_dir: str | Path, keep: int) -> None:
     for path in folder.iterdir():
         if path.name != ABOUT_FILE:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    about = folder / ABOUT_FILE
-    if not about.is_file() or about.read_text(encoding="utf-8") != ABOUT_TEXT:
-        about.write_text(ABOUT_TEXT, encoding="utf-8")
+    about_file = folder / ABOUT_FILE
+    if not about_file.is_file() or about_file.read_text(encoding="utf-8") != about:
+        about_file.write_text(about, encoding="utf-8")

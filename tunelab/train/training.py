@@ -348,19 +348,22 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def resume_point(p: TrainParams, base_dir, data_files, checkpoint_dir, live_dir, writer: bool):
-    """(checkpoint to resume from or None, its CheckpointKeeper); the writer also
-    deletes checkpoints of other params/data and restores the live logs."""
+def resume_point(p, base_dir, data_files, checkpoint_dir, live_dir, writer: bool,
+                 section: str = "train", data=None):
+    """(checkpoint to resume from or None, its CheckpointKeeper) for a run of the params
+    section ``p`` (``section``: train or align) on ``data_files`` (and ``data``, examples in
+    memory); the writer also deletes checkpoints of other params/data and restores the
+    live logs."""
     inputs = [f for f in data_files if f]
     inputs += [f for f in (Path(base_dir) / "config.json", Path(base_dir) / "tunelab_base.json")
                if f.is_file()]
-    fingerprint = checkpoints.fingerprint(p, inputs)
+    fingerprint = checkpoints.fingerprint(p, inputs, section, data)
     if writer:
-        checkpoints.claim(checkpoint_dir, fingerprint)
+        checkpoints.claim(checkpoint_dir, fingerprint, section)
     resume_from = checkpoints.latest(checkpoint_dir, fingerprint)
     resumed = checkpoints.read_marker(resume_from) if resume_from else None
     if resume_from and writer:
-        print(f"train: resuming from {resume_from} (step {resumed['step']})")
+        print(f"{section}: resuming from {resume_from} (step {resumed['step']})")
         checkpoints.restore_live(resume_from, live_dir)
     return resume_from, CheckpointKeeper(fingerprint, live_dir, resumed)
 
