@@ -123,7 +123,8 @@ def test_unknown_format_choice_is_a_usage_error(tmp_path, write_jsonl, capsys):
 def test_repo_params_file_is_valid(capsys):
     code, out, err = run_cli(capsys, "validate-config", REPO_PARAMS)
     assert (code, err) == (0, "")
-    assert out == f"OK: {REPO_PARAMS} (model, prepare, validate, train, evaluate, export, plot, report, check)\n"
+    assert out == (f"OK: {REPO_PARAMS} (model, prepare, validate, train, align, evaluate, export, "
+                   "plot, report, check)\n")
 
 
 def test_multitask_params_file_is_valid_and_its_tasks_checked(tmp_path, capsys):
@@ -161,7 +162,8 @@ def test_default_path_is_params_yaml_in_working_folder(tmp_path, capsys):
     assert (code, err) == (1, "tunelab validate-config: error: params.yaml: file not found\n")
     (tmp_path / "params.yaml").write_text("plot:\n  dpi: 72\n")
     code, out, _ = run_cli(capsys, "validate-config")
-    assert (code, out) == (0, "OK: params.yaml (model, prepare, validate, train, evaluate, export, plot, report, check)\n")
+    assert (code, out) == (0, "OK: params.yaml (model, prepare, validate, train, align, evaluate, "
+                             "export, plot, report, check)\n")
 
 
 # --- the installed console script ---------------------------------------------------------

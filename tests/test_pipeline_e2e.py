@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["base", "prepare", "validate", "train", "evaluate", "export", "plot", "report"]
+STAGES = ["base", "prepare", "validate", "train", "align", "evaluate", "export", "plot", "report"]
 QUICK = {  # a few steps and a few test examples: minutes, not the real run
     "train": {"max_steps": 3, "batch_size": 4, "eval_steps": 0, "logging_steps": 1},
     "evaluate": {"max_examples": 6, "max_new_tokens": 48, "batch_size": 6},
