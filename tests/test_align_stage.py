@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import stage_args
+from test_resume import SLOW_STAGE  # the stage slowed at each checkpoint, to be killed there
 from tunelab.models import loading
 from tunelab.train import checkpoints
 from tunelab.util import files
@@ -185,18 +186,6 @@ def test_a_whole_model_from_full_training_is_refused_in_one_line(workspace_facto
         "(train.method: full); align a lora or qlora run")
 
 
-# Runs the real stage script, only slower at each checkpoint so the test can kill it there.
-SLOW_STAGE = """
-import runpy, sys, time
-from tunelab.train import training
-saved = training.CheckpointKeeper.on_save
-def slow_save(self, *args, **kwargs):
-    saved(self, *args, **kwargs)
-    time.sleep(0.5)
-training.CheckpointKeeper.on_save = slow_save
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 RESUMABLE = {**ALIGN, "max_steps": 4, "save_steps": 2}
 
 

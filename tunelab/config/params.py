@@ -378,19 +378,20 @@ def check_split(prepare: PrepareParams, path: str | Path = PARAMS_FILE) -> None:
 
 
 def check_train(train: TrainParams, path: str | Path = PARAMS_FILE) -> None:
-    # A checkpoint must fall on a logging step: the trainer's running loss since the last
-    # log is not saved, so a resumed run would log a different curve.
-    if train.save_steps and train.save_steps % train.logging_steps:
-        raise ParamsError(f"{path}: train.save_steps: must be a multiple of train.logging_steps "
-                          f"({train.logging_steps}) so a resumed run logs the same curve, "
-                          f"got {train.save_steps}")
+    check_save_steps(train, "train", path)
+
+
+def check_save_steps(loaded, section: str, path: str | Path = PARAMS_FILE) -> None:
+    """train and align: a checkpoint must fall on a logging step. The trainer's running loss
+    since the last log is not saved, so a resumed run would log a different curve."""
+    if loaded.save_steps and loaded.save_steps % loaded.logging_steps:
+        raise ParamsError(f"{path}: {section}.save_steps: must be a multiple of "
+                          f"{section}.logging_steps ({loaded.logging_steps}) so a resumed run "
+                          f"logs the same curve, got {loaded.save_steps}")
 
 
 def check_align(align: AlignParams, path: str | Path = PARAMS_FILE) -> None:
-    if align.save_steps and align.save_steps % align.logging_steps:  # as check_train
-        raise ParamsError(f"{path}: align.save_steps: must be a multiple of align.logging_steps "
-                          f"({align.logging_steps}) so a resumed run logs the same curve, "
-                          f"got {align.save_steps}")
+    check_save_steps(align, "align", path)
     if align.objective == "kto" and align.batch_size < 2:
         raise ParamsError(f"{path}: align.batch_size: kto needs 2 or more (its KL term pairs "
                           f"each completion with another prompt's in the same batch), got "
