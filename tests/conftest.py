@@ -6,6 +6,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,6 +128,76 @@ def stage_args(name: str, workdir: Path, dvc_file: str = "dvc.yaml", item: dict 
     if not params_file.is_file():
         params_file = repo / Path(dvc_file).parent / "params.yaml"
     return stage_argv(name, repo / dvc_file, params_file, item)[2:]
+
+
+
+# --- a Git + DVC copy of this repo, for tests that run the real pipeline -------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PIPELINE = {  # one optimizer step, two test examples: seconds per stage on the tiny model
+    "prepare": {"val_ratio": 0.01},
+    "train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "save_steps": 0,
+              "logging_steps": 1, "warmup_ratio": 0.0},
+    "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
+    "export": {"quantizations": ["q8_0"], "speed_examples": 1},
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_tool(args: list, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """A command (git, dvc, tunelab ...) with this interpreter's bin first on PATH, as the
+    stages' `python`/`dvc` would find it; a failure shows its output."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([str(arg) for arg in args], cwd=cwd, env=env, capture_output=True,
+                            text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def copy_repo(dest: Path, params: dict | None = None, base_dir: Path | None = None) -> Path:
+    """This repo's tracked and unignored files (no tests/) in a new Git repo at ``dest``,
+    committed, with ``params`` merged into params.yaml per section and ``base_dir`` (a local
+    Hugging Face folder) as model.base."""
+    import yaml
+
+    listed = run_tool(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith("tests/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    values = yaml.safe_load((dest / "params.yaml").read_text())
+    if base_dir is not None:
+        values["model"]["base"] = str(base_dir)
+    for section, updates in (params or {}).items():
+        values[section].update(updates)
+    (dest / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "test@tunelab.local"],
+                 ["config", "user.name", "tunelab test"], ["add", "-A"],
+                 ["commit", "-qm", "tiny params"]):
+        run_tool(["git", *args], dest)
+    return dest
+
+
+def add_remotes(repo: Path, root: Path) -> tuple[Path, Path]:
+    """A bare Git repo ``root/origin.git`` as remote "origin" and a DVC remote folder
+    ``root/dvc-storage`` as the default "storage" (committed in .dvc/config), as a team
+    would set them up; returns both paths."""
+    origin, storage = root / "origin.git", root / "dvc-storage"
+    run_tool(["git", "init", "-q", "--bare", "-b", "main", origin], root)
+    run_tool(["git", "remote", "add", "origin", origin], repo)
+    run_tool(["dvc", "remote", "add", "-d", "storage", storage], repo)
+    run_tool(["git", "commit", "-qm", "DVC remote", ".dvc/config"], repo)
+    return origin, storage
 
 
 # What analysis.analyze finds in test_analysis.ROWS (read as data.jsonl) at max_length 64,

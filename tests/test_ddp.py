@@ -12,7 +12,6 @@ come from each process's own random stream.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from tunelab.config.params import LoraParams, TrainParams
 from tunelab.train import training
 from tunelab.util import files
-from conftest import stage_args
+from conftest import free_port, stage_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
@@ -53,30 +52,54 @@ def read_tsv(path: Path) -> list[tuple[int, float]]:
             for line in path.read_text().splitlines()[1:]]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def make_workspace(work: Path, base_dir: Path) -> Path:
+    """``work`` laid out as the train stage reads it (models/base, data/prepared, params.yaml),
+    with batch PER_PROCESS_BATCH per process. tests/test_multinode.py makes one per node."""
+    (work / "models").mkdir(parents=True)
+    (work / "models" / "base").symlink_to(base_dir)
+    files.write_jsonl_atomic(work / "data/prepared/train.jsonl", examples())
+    files.write_jsonl_atomic(work / "data/prepared/val.jsonl", examples()[:4])
+    params = {"train": {**TRAIN, "batch_size": PER_PROCESS_BATCH}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    return work
+
+
+def launch_env() -> dict:
+    """The environment for `accelerate launch` from a test: this venv's tools first."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",  # one core per process: no oversubscription
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("RANK", None)
+    return env
+
+
+def train_single_process(base_dir: Path, prepared_dir: Path, out: Path) -> dict:
+    """The same training in this process: 1 process, batch 2 x PER_PROCESS_BATCH; curves
+    under ``out``/live/plots/metrics."""
+    p = TrainParams(**{**TRAIN, "lora": LoraParams(**TRAIN["lora"]),
+                       "batch_size": 2 * PER_PROCESS_BATCH})
+    return training.train(p, base_dir, prepared_dir / "train.jsonl", prepared_dir / "val.jsonl",
+                          out / "adapter", out / "live", out / "checkpoints")
+
+
+def assert_same_curves(multi_curves: Path, single_curves: Path) -> None:
+    """loss.tsv and grad_norm.tsv: the same steps, values equal within relative 1e-4."""
+    for name in ("loss.tsv", "grad_norm.tsv"):
+        multi = read_tsv(multi_curves / name)
+        single = read_tsv(single_curves / name)
+        assert [step for step, _ in multi] == [step for step, _ in single] == [1, 2, 3, 4]
+        for (step, a), (_, b) in zip(multi, single):
+            assert a == pytest.approx(b, rel=1e-4), f"{name} step {step}: {a} vs {b}"
 
 
 @pytest.fixture(scope="module")
 def ddp_run(tiny_base_dir, tmp_path_factory):
     """The train stage, as dvc.yaml runs it but under `accelerate launch`, 2 processes."""
-    work = tmp_path_factory.mktemp("ddp")
-    (work / "models").mkdir()
-    (work / "models" / "base").symlink_to(tiny_base_dir)
-    files.write_jsonl_atomic(work / "data/prepared/train.jsonl", examples())
-    files.write_jsonl_atomic(work / "data/prepared/val.jsonl", examples()[:4])
-    params = {"train": {**TRAIN, "batch_size": PER_PROCESS_BATCH}}
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env = dict(os.environ, OMP_NUM_THREADS="1",  # one core per process: no oversubscription
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("RANK", None)
+    work = make_workspace(tmp_path_factory.mktemp("ddp"), tiny_base_dir)
     result = subprocess.run(
         ["accelerate", "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
          "--num_processes", "2", "--main_process_port", str(free_port()),
          str(REPO / "stages" / "train.py"), *stage_args("train", work)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        cwd=work, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return work, result
 
@@ -86,12 +109,7 @@ def single_run(tiny_base_dir, ddp_run, tmp_path_factory):
     """The same training in this process: 1 process, batch 2 x 2."""
     work, _ = ddp_run
     out = tmp_path_factory.mktemp("single")
-    p = TrainParams(**{**TRAIN, "lora": LoraParams(**TRAIN["lora"]),
-                       "batch_size": 2 * PER_PROCESS_BATCH})
-    summary = training.train(p, tiny_base_dir, work / "data/prepared/train.jsonl",
-                             work / "data/prepared/val.jsonl", out / "adapter", out / "live",
-                             out / "checkpoints")
-    return out, summary
+    return out, train_single_process(tiny_base_dir, work / "data/prepared", out)
 
 
 def test_two_processes_ran_as_one_group(ddp_run, single_run):
@@ -104,12 +122,7 @@ def test_two_processes_give_the_loss_curve_of_one_with_double_batch(ddp_run, sin
     work, _ = ddp_run
     out, _ = single_run
     curves = work / "metrics/train/plots/metrics"
-    for name in ("loss.tsv", "grad_norm.tsv"):
-        multi = read_tsv(curves / name)
-        single = read_tsv(out / "live/plots/metrics" / name)
-        assert [step for step, _ in multi] == [step for step, _ in single] == [1, 2, 3, 4]
-        for (step, a), (_, b) in zip(multi, single):
-            assert a == pytest.approx(b, rel=1e-4), f"{name} step {step}: {a} vs {b}"
+    assert_same_curves(curves, out / "live/plots/metrics")
     assert read_tsv(curves / "loss.tsv")[-1][1] < read_tsv(curves / "loss.tsv")[0][1]
 
 

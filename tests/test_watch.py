@@ -9,19 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tunelab.cli import app as cli
-from tunelab.experiments import promotion, watch
+from tunelab.experiments import promotion, registry, watch
 from tunelab.experiments.promotion import decide
+from conftest import TINY_PIPELINE, copy_repo, free_port, run_tool
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {  # one optimizer step and two test examples: the experiment takes seconds per stage
-    "prepare": {"val_ratio": 0.01},
-    "train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "save_steps": 0,
-              "logging_steps": 1, "warmup_ratio": 0.0},
-    "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
-}
+PROMOTED_TAGS = ["ticket-triage-adapter@v0.0.1", "ticket-triage-gguf@v0.0.1",
+                 "ticket-triage-adapter#staging#1", "ticket-triage-gguf#staging#1"]
 BASELINE = {"tuned": {"task_accuracy": 0.25}}  # the "current model" committed at HEAD
 
 
@@ -114,11 +110,11 @@ def test_next_version_bumps_the_highest_gto_tag(tmp_path):
     (repo / "f").write_text("x")
     git(repo, "add", "f")
     git(repo, "commit", "-qm", "one")
-    assert promotion.next_version(repo, "ticket-triage-adapter") == "v0.0.1"
+    assert registry.next_version(repo, "ticket-triage-adapter") == "v0.0.1"
     # Annotated, as GTO (and `tunelab watch`) make them; GTO does not count lightweight tags.
     for tag in ("ticket-triage-adapter@v0.0.2", "ticket-triage-adapter@v0.0.10", "other@v3.0.0"):
         git(repo, "tag", "-a", tag, "-m", f"register {tag}")
-    assert promotion.next_version(repo, "ticket-triage-adapter") == "v0.0.11"
+    assert registry.next_version(repo, "ticket-triage-adapter") == "v0.0.11"
     assert promotion.artifact_name(REPO) == "ticket-triage-adapter"  # dvc.yaml's adapter artifact
 
 
@@ -137,13 +133,6 @@ def test_discard_ingested_leaves_index_and_workspace_at_head(tmp_path):
 
 # --- a real run ----------------------------------------------------------------------
 
-def run(args, cwd):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-    return result.stdout
-
-
 e2e = pytest.mark.e2e  # real `dvc exp run`s: skipped by `make test-fast`
 
 
@@ -151,20 +140,9 @@ e2e = pytest.mark.e2e  # real `dvc exp run`s: skipped by `make test-fast`
 def tiny_repo(tiny_base_dir, tmp_path_factory):
     """A git + DVC copy of this repo on the tiny model; HEAD holds a baseline metric and
     no dvc.lock, so the first experiment runs every stage."""
-    repo = tmp_path_factory.mktemp("watch") / "repo"
-    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith("tests/"):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["model"]["base"] = str(tiny_base_dir)  # a local Hugging Face folder
-    for section, values in TINY.items():
-        params[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repo = copy_repo(tmp_path_factory.mktemp("watch") / "repo", TINY_PIPELINE, tiny_base_dir)
+    (repo / "dvc.lock").unlink()
     (repo / "metrics/eval.json").write_text(json.dumps(BASELINE))
-    init_repo(repo)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "baseline")
     return repo
@@ -239,6 +217,12 @@ def test_valid_file_is_ingested_run_and_promoted(first_watch, tiny_repo):
     assert git(tiny_repo, "rev-parse", "HEAD") == record["commit"]
     assert record["tag"] == "ticket-triage-adapter@v0.0.1"
     assert git(tiny_repo, "rev-parse", f"{record['tag']}^{{commit}}") == record["commit"]
+    # Both artifacts of the commit are registered and in staging, as `gto show` lists them.
+    assert record["registered"] == PROMOTED_TAGS[:2] and record["stage"] == "staging"
+    shown = json.loads(run_tool(["gto", "show", "--json"], tiny_repo).stdout)
+    assert shown == {name: {"version": "v0.0.1", "stage": {"staging": "v0.0.1", "prod": None},
+                            "registered": True, "active": True}
+                     for name in ("ticket-triage-adapter", "ticket-triage-gguf")}
     committed = git(tiny_repo, "show", "--name-only", "--format=", "HEAD").splitlines()
     assert {record["ingested_as"], "dvc.lock", "metrics/eval.json"} <= set(committed)
     assert git(tiny_repo, "status", "--porcelain", "--untracked-files=no") == ""
@@ -260,10 +244,67 @@ def test_same_data_again_gains_nothing_and_is_rejected(first_watch, tiny_repo):
     assert "gain +0 < min_gain +0.01" in record["reason"]
     # Nothing of it stays: same HEAD, no new tag, no ingested copy, a clean index.
     assert git(tiny_repo, "rev-parse", "HEAD") == head
-    assert git(tiny_repo, "tag", "--list").splitlines() == ["ticket-triage-adapter@v0.0.1"]
+    assert sorted(git(tiny_repo, "tag", "--list").splitlines()) == sorted(PROMOTED_TAGS)
     assert not (tiny_repo / record["ingested_as"]).exists()
     assert git(tiny_repo, "status", "--porcelain", "--untracked-files=no") == ""
     # The experiment is kept for inspection, with the data it was run on.
     assert git(tiny_repo, "show", "--name-only", "--format=", record["exp_commit"], "--",
                record["ingested_as"]) == record["ingested_as"]
     assert (incoming / "processed/again.jsonl").is_file()
+
+
+@e2e
+def test_serve_answers_with_the_version_in_prod(first_watch, tiny_repo, tmp_path):
+    """`gto assign` moves v0.0.1 to prod; `tunelab serve --artifact NAME@prod` fetches that
+    version's adapter and base through DVC and answers the official client with it."""
+    import openai
+
+    run_tool(["gto", "assign", "ticket-triage-adapter", "--version", "v0.0.1", "--stage", "prod"],
+             tiny_repo)
+    fetched = registry.fetch_for_serving(tiny_repo, "ticket-triage-adapter@prod", tmp_path)
+    assert (fetched.version.version, fetched.version.stage) == ("v0.0.1", "prod")
+    adapter = fetched.adapters[0][1] / "adapter_model.safetensors"
+    assert adapter.read_bytes() == \
+        (tiny_repo / "models/adapter/adapter_model.safetensors").read_bytes()
+    assert fetched.base == tmp_path / "base" and (fetched.base / "config.json").is_file()
+    # The GGUF export of the same promotion, each tuned-TYPE.gguf served as NAME:TYPE.
+    gguf = registry.fetch_for_serving(tiny_repo, "ticket-triage-gguf@staging", tmp_path / "g")
+    assert [name for name, _ in gguf.gguf] == ["ticket-triage-gguf:q8_0"] and gguf.base is None
+    assert gguf.gguf[0][1].read_bytes() == (tiny_repo / "models/gguf/tuned-q8_0.gguf").read_bytes()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli.app", "serve", "--artifact",
+         "ticket-triage-adapter@prod", "--port", str(port), "--threads", "1"],
+        cwd=tiny_repo, stderr=subprocess.PIPE, text=True)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none",
+                               max_retries=0, timeout=30)
+        wait_for(client)
+        assert [model.id for model in client.models.list()] == ["base", "ticket-triage-adapter"]
+        answer = client.chat.completions.create(
+            model="ticket-triage-adapter", max_tokens=3, temperature=0,
+            messages=[{"role": "user", "content": "My printer is jammed."}])
+        assert answer.model == "ticket-triage-adapter" and answer.usage.completion_tokens > 0
+    finally:
+        server.terminate()
+        stderr = server.communicate(timeout=30)[1]
+    commit = git(tiny_repo, "rev-parse", "ticket-triage-adapter@v0.0.1^{commit}")
+    assert (f"ticket-triage-adapter v0.0.1 (stage prod): commit {commit[:12]}, models/adapter"
+            in stderr.splitlines())
+
+
+def wait_for(client, seconds: float = 120) -> None:
+    """Until the server lists its models (loading the fetched base takes a few seconds)."""
+    import time
+
+    import openai
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.models.list()
+            return
+        except openai.APIConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

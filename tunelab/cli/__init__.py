@@ -14,7 +14,8 @@
     tunelab ensemble --models A,B --aggregation logit_mean|weighted_vote --prompt TEXT
     tunelab serve --base DIR --adapter NAME=DIR [--host 127.0.0.1 --port 8000]   OpenAI-compatible API
     tunelab serve --gguf NAME=FILE [--gguf NAME=FILE ...]   the same API for GGUF files (llama.cpp)
-    tunelab watch --incoming DIR [--once --min-gain X --metric tuned.task_accuracy]   continuous learning
+    tunelab serve --artifact NAME@STAGE|NAME@vX.Y.Z   a registered version, fetched through DVC
+    tunelab watch --incoming DIR [--once --min-gain X --stage staging]   continuous learning, registry
     tunelab sweep FILE | lr-test | sweep-report [--apply-best] | check --baseline REV   sweeps, gate
     tunelab verify-repro [--tolerance 0]   rerun train + evaluate, compare metrics with the workspace
     tunelab compare-runs A B [--margin 0.05]   per-example gap of two runs, with a 95% interval

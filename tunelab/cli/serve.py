@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from pathlib import Path
 
 from tunelab.cli.arg_types import adapter_spec, gguf_spec, positive_int
 from tunelab.cli.extras import require_extra
 from tunelab.deploy.llama_runtime import DEFAULT_CONTEXT
+from tunelab.errors import ModelSourceError
+from tunelab.experiments import registry
 from tunelab.serve import server
 
 
@@ -22,6 +26,9 @@ def register(commands) -> None:
     serve.add_argument("--gguf", action="append", default=[], type=gguf_spec,
                        metavar="NAME=FILE", help="a GGUF file served as NAME with llama.cpp "
                        "(repeat); instead of --base and --adapter")
+    serve.add_argument("--artifact", default=None, metavar="NAME@STAGE|NAME@vX.Y.Z",
+                       help="serve a registered version (gto show lists them), fetched through "
+                       "DVC, e.g. ticket-triage-adapter@prod; instead of --base/--adapter/--gguf")
     serve.add_argument("--context", type=positive_int, default=None,
                        help=f"with --gguf: llama.cpp KV-cache tokens per model, the longest "
                        f"prompt plus answer (default {DEFAULT_CONTEXT})")
@@ -43,9 +50,32 @@ def register(commands) -> None:
 
 def serve_models(args) -> int:
     require_extra("serve")
+    if args.artifact:
+        return serve_artifact(args)
     if args.gguf:
         require_extra("gguf")
     return server.serve(args.base, args.adapter, base_name=args.base_name, host=args.host,
                         port=args.port, api_key=args.api_key,
                         max_tokens_limit=args.max_tokens_limit, threads=args.threads,
                         gguf=args.gguf, context=args.context)
+
+
+def serve_artifact(args) -> int:
+    """The registered version's files, fetched into a temporary folder for as long as the
+    server runs (DVC links or copies them from the cache)."""
+    if args.base or args.adapter or args.gguf:
+        raise ModelSourceError("--artifact serves one registered version: leave out --base, "
+                         "--adapter and --gguf")
+    with tempfile.TemporaryDirectory(prefix="tunelab-artifact-") as folder:
+        found = registry.fetch_for_serving(Path.cwd(), args.artifact, folder)
+        version = found.version
+        print(f"{version.name} {version.version}"
+              + (f" (stage {version.stage})" if version.stage else "")
+              + f": commit {version.commit[:12]}, {version.path}", file=sys.stderr)
+        if found.gguf:
+            require_extra("gguf")
+        base_name = version.name if found.base and not found.adapters else args.base_name
+        return server.serve(found.base, found.adapters, base_name=base_name, host=args.host,
+                            port=args.port, api_key=args.api_key,
+                            max_tokens_limit=args.max_tokens_limit, threads=args.threads,
+                            gguf=found.gguf, context=args.context)

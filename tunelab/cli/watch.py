@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tunelab.experiments import watch
+from tunelab.experiments import registry, watch
 
 
 def register(commands) -> None:
@@ -23,6 +23,9 @@ def register(commands) -> None:
     cmd.add_argument("--settle", type=float, default=2.0,
                      help="a file is taken only when its size and mtime stay the same this long")
     cmd.add_argument("--log", type=Path, default=watch.DEFAULT_LOG)
+    cmd.add_argument("--stage", default="staging", choices=[*registry.STAGES, "none"],
+                     help="registry stage a promoted version is assigned to (default staging; "
+                          "none: register the version only)")
     cmd.set_defaults(handler=watch_folder)
 
 
@@ -30,7 +33,8 @@ def watch_folder(args) -> int:
     try:
         return watch.watch(args.incoming, metric=args.metric, min_gain=args.min_gain,
                            interval=args.interval, settle=args.settle, once=args.once,
-                           log=args.log)
+                           log=args.log,
+                           registry_stage=None if args.stage == "none" else args.stage)
     except watch.WatchError as err:  # not among USER_ERRORS, so app would not catch it
         print(f"tunelab watch: error: {err}", file=sys.stderr)
         return 1

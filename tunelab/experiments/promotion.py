@@ -1,10 +1,11 @@
 """Promote a DVC experiment by one metric, or keep it aside: the rule, and the Git side.
 
 Promotion = the experiment's files and outputs into the workspace (as ``dvc exp apply``
-does), a commit of what it changed, and a GTO version ``<artifact>@vX.Y.Z`` (an annotated
-tag, registered with ``gto.api``; the artifact is the one of dvc.yaml's ``artifacts`` whose
-path is models/adapter), so ``gto show`` / ``dvc artifacts get`` can name the promoted
-adapter. Git, DVC and GTO are reached through experiments.repo.
+does), a commit of what it changed, and a registry version ``<artifact>@vX.Y.Z`` of each of
+dvc.yaml's ``artifacts`` the commit holds (the adapter; the GGUF export when the pipeline
+wrote one), each assigned to a stage (``staging`` unless told otherwise), so ``gto show``,
+``dvc artifacts get`` and `tunelab serve --artifact NAME@STAGE` can name the promoted model.
+Git and DVC are reached through experiments.repo, GTO through experiments.registry.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from tunelab.eval.metric_names import lower_is_better, metric_number
+from tunelab.experiments import registry
 from tunelab.experiments.repo import (RepoError, checkout_outputs, commit_all_staged,
-                                      latest_version, register_version, take_files_of,
-                                      unstage)
+                                      take_files_of, unstage)
 from tunelab.util.names import lookup
 
 ADAPTER_PATH = "models/adapter"
@@ -63,24 +62,22 @@ def decide(current: float | None, candidate: float | None, min_gain: float,
 
 def artifact_name(repo: Path) -> str:
     """The dvc.yaml artifact whose path is the adapter; "model" if there is none."""
-    try:
-        artifacts = (yaml.safe_load((repo / "dvc.yaml").read_text()) or {}).get("artifacts") or {}
-    except (OSError, yaml.YAMLError):
-        return FALLBACK_ARTIFACT
-    names = [name for name, spec in artifacts.items()
-             if isinstance(spec, dict) and spec.get("path", "").rstrip("/") == ADAPTER_PATH]
+    names = [name for name, path in registry.artifacts(repo).items() if path == ADAPTER_PATH]
     return names[0] if names else FALLBACK_ARTIFACT
 
 
-def next_version(repo: Path, artifact: str) -> str:
-    """GTO's default: bump the patch of the highest registered ``<artifact>@vX.Y.Z``;
-    v0.0.1 first."""
-    major, minor, patch = latest_version(repo, artifact) or (0, 0, 0)
-    return f"v{major}.{minor}.{patch + 1}"
+@dataclass
+class Promotion:
+    commit: str
+    tag: str               # the adapter's version tag, <artifact>@vX.Y.Z
+    registered: list[str]  # every version tag made: the adapter's, the GGUF export's
+    stage: str | None
 
 
-def promote(repo: Path, exp_commit: str, message: str) -> tuple[str, str]:
-    """Apply the experiment, commit what it changed, tag it. Returns (commit, tag).
+def promote(repo: Path, exp_commit: str, message: str, stage: str | None = "staging"
+            ) -> Promotion:
+    """Apply the experiment, commit what it changed, register its artifacts, assign them
+    to ``stage`` (None: register only).
 
     Applied as `dvc exp apply` does, but its DVC outputs are checked out for the root
     dvc.yaml only: `dvc exp apply` fails when another pipeline's outputs (multitask/) were
@@ -92,9 +89,20 @@ def promote(repo: Path, exp_commit: str, message: str) -> tuple[str, str]:
         raise WatchError(f"{err} after taking the files of {exp_commit[:8]}: the workspace "
                          "holds them uncommitted") from None
     commit = commit_all_staged(message, repo)
-    artifact = artifact_name(repo)
-    tag = register_version(repo, artifact, commit, next_version(repo, artifact), message)
-    return commit, tag
+    adapter = artifact_name(repo)
+    paths = {adapter: ADAPTER_PATH, **registry.artifacts(repo)}
+    registered, adapter_tag = [], None
+    for name, path in paths.items():
+        if not (repo / path).exists():
+            continue  # e.g. no GGUF export in this pipeline
+        version = registry.next_version(repo, name)
+        tag = registry.register_version(repo, name, commit, version, message)
+        registered.append(tag)
+        if stage is not None:
+            registry.assign_stage(repo, name, version, stage)
+        if name == adapter:
+            adapter_tag = tag
+    return Promotion(commit, adapter_tag, registered, stage)
 
 
 def discard_ingested(repo: Path, ingested: Path) -> None:

@@ -1,12 +1,11 @@
-"""The one layer through which tunelab talks to Git, DVC and GTO.
+"""The one layer through which tunelab talks to Git and DVC (GTO: its sibling, registry).
 
-DVC's and GTO's Python APIs do the reading: experiments by name (``Repo.experiments.ls``),
+DVC's Python API does the reading: experiments by name (``Repo.experiments.ls``),
 a file at a revision (``dvc.api.read``), a metrics diff (``Repo.metrics.diff``), the
-experiment queue, applying an experiment, checking out outputs, and artifact versions
-(``gto.api``: annotated tags ``<artifact>@vX.Y.Z``). Nothing here reads DVC's ref layout or
-its message text. Subprocesses remain for two jobs those APIs do not do:
+experiment queue, applying an experiment, checking out outputs. Nothing here reads DVC's
+ref layout or its message text. Subprocesses remain for two jobs those APIs do not do:
 
-- Git's index and commits (``git status/diff/add/rm/checkout/commit``): DVC and GTO have no
+- Git's index and commits (``git status/diff/add/rm/checkout/commit``): DVC has no
   API for them, and git's own commands are its stable interface;
 - running experiments (``dvc exp run``): they run the pipeline's stages for minutes, their
   output has to stream to the user as it comes, and DVC's process-wide state (logging,
@@ -193,6 +192,42 @@ def experiment_commit(root: PathLike, baseline: str, name: str) -> str | None:
     return experiment_refs(baseline, root).get(name)
 
 
+def remote_url(remote: str = "origin", root: PathLike = ".") -> str | None:
+    """The URL of Git remote ``remote``; None when there is no such remote."""
+    found = git("remote", "get-url", remote, root=root, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def on_remote(commit: str, remote: str = "origin", root: PathLike = ".") -> bool:
+    """Whether a branch of ``remote`` holds ``commit``, as of the last fetch or push (a cloud
+    run clones the remote and checks the commit out)."""
+    branches = git("branch", "-r", "--contains", commit, "--list", f"{remote}/*", root=root,
+                   check=False)
+    return branches.returncode == 0 and bool(branches.stdout.strip())
+
+
+def pull_experiments(names: list[str], remote: str = "origin", root: PathLike = ".") -> list[str]:
+    """`dvc exp pull REMOTE NAME` for each of ``names`` that ``remote`` holds: the experiment's
+    Git ref, and its outputs from the default DVC remote. Returns the names pulled; the others
+    are not there (yet)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.repo.experiments.exceptions import UnresolvedExpNamesError
+
+    pulled = []
+    try:
+        with Repo(str(root)) as dvc_repo:
+            for name in names:
+                try:
+                    dvc_repo.experiments.pull(remote, [name], pull_cache=True)
+                except UnresolvedExpNamesError:
+                    continue  # not pushed yet: the run is still going, or it failed
+                pulled.append(name)
+    except DvcException as err:
+        raise RepoError(f"dvc exp pull {remote}: {' '.join(str(err).split())}") from None
+    return pulled
+
+
 def queued_or_running(root: PathLike = ".") -> int:
     """How many experiments DVC's queue holds that have not finished."""
     from dvc.exceptions import DvcException
@@ -288,35 +323,3 @@ def unbuilt_outputs(dvc_repo) -> set[str]:
     """Outputs (relative to the cwd) that no lock file records a hash for: never built."""
     return {os.path.relpath(out.fs_path) for out in dvc_repo.index.outs if not out.hash_info}
 
-
-# --- GTO: artifact versions -----------------------------------------------------------
-
-def latest_version(root: PathLike, artifact: str) -> tuple[int, int, int] | None:
-    """The highest registered ``<artifact>@vX.Y.Z`` as (X, Y, Z); None before the first.
-    GTO counts annotated tags only, as `gto show` and `dvc artifacts get` do."""
-    import gto.api
-    from gto.exceptions import ArtifactNotFound
-
-    try:
-        version = gto.api.find_latest_version(str(root), artifact)
-    except ArtifactNotFound:
-        return None
-    if version is None:
-        return None
-    major, minor, patch = version.version.lstrip("v").split(".")
-    return int(major), int(minor), int(patch)
-
-
-def register_version(root: PathLike, artifact: str, commit: str, version: str,
-                     message: str) -> str:
-    """GTO-register ``commit`` as ``artifact`` ``version``: the annotated tag
-    ``<artifact>@<version>`` with ``message``. Returns the tag's name."""
-    import gto.api
-    from gto.exceptions import GTOException
-
-    try:
-        registered = gto.api.register(str(root), artifact, commit, version=version,
-                                      message=message)
-    except GTOException as err:
-        raise RepoError(f"gto register {artifact} {commit[:8]} {version}: {err}") from None
-    return registered.tag

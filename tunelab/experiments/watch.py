@@ -8,7 +8,8 @@ For each new file in ``--incoming`` (one at a time, oldest name first):
 3. run the pipeline as a DVC experiment in a temp copy (``dvc exp run --temp -n NAME``),
    so the workspace stays at HEAD whatever happens;
 4. promote if ``metric`` beats HEAD's by at least ``--min-gain`` (experiments.promotion):
-   apply, commit, tag ``<artifact>@vX.Y.Z``. Otherwise the ingested copy leaves the
+   apply, commit, register ``<artifact>@vX.Y.Z`` and assign it to ``--stage`` (staging), so
+   `gto show` lists it and `tunelab serve --artifact NAME@staging` serves it. Otherwise the ingested copy leaves the
    workspace again; the experiment stays for inspection (``dvc exp show``/``apply``).
 
 The incoming file then moves to ``INCOMING/processed/``. Every decision is one JSON line
@@ -40,8 +41,9 @@ REJECTED, PROCESSED = "rejected", "processed"
 
 def watch(incoming: Path, metric: str = DEFAULT_METRIC, min_gain: float = 0.0,
           interval: float = 60.0, settle: float = 2.0, once: bool = False,
-          log: Path = DEFAULT_LOG) -> int:
-    """Process every settled file in ``incoming``; again every ``interval`` s unless ``once``."""
+          log: Path = DEFAULT_LOG, registry_stage: str | None = "staging") -> int:
+    """Process every settled file in ``incoming``; again every ``interval`` s unless ``once``.
+    A promoted model's versions go to ``registry_stage`` (None: registered only)."""
     repo = Path.cwd().resolve()
     if not (repo / "dvc.yaml").is_file() or not (repo / ".git").exists():
         raise WatchError(f"{repo}: not a tunelab repo (run watch in the folder with dvc.yaml)")
@@ -56,7 +58,8 @@ def watch(incoming: Path, metric: str = DEFAULT_METRIC, min_gain: float = 0.0,
     checker = FileChecker(repo)
     while True:
         for path in settled_files(incoming, settle):
-            record = process(path, repo, incoming, raw_dir, checker, metric, min_gain)
+            record = process(path, repo, incoming, raw_dir, checker, metric, min_gain,
+                             registry_stage)
             append_log(repo / log, record)
             print(f"watch: {path.name}: {record['decision']}: {record['reason']}")
         if once:
@@ -65,7 +68,7 @@ def watch(incoming: Path, metric: str = DEFAULT_METRIC, min_gain: float = 0.0,
 
 
 def process(path: Path, repo: Path, incoming: Path, raw_dir: Path, checker, metric: str,
-            min_gain: float) -> dict:
+            min_gain: float, registry_stage: str | None = "staging") -> dict:
     record = {"time": utc_now(), "file": path.name, "metric": metric, "min_gain": min_gain}
     errors = checker.errors(path)
     if errors:
@@ -98,9 +101,10 @@ def process(path: Path, repo: Path, incoming: Path, raw_dir: Path, checker, metr
         discard_ingested(repo, ingested)  # promotion brings it back from the experiment commit
         if decision.promote:
             message = f"watch: promote {exp_name} ({path.name}): {decision.reason}"
-            commit, tag = promote(repo, exp_commit, message)
+            promotion = promote(repo, exp_commit, message, registry_stage)
             promoted = True
-            record.update(decision="promoted", commit=commit, tag=tag)
+            record.update(decision="promoted", commit=promotion.commit, tag=promotion.tag,
+                          registered=promotion.registered, stage=promotion.stage)
         else:
             record.update(decision="rejected")
         move_unique(path, incoming / PROCESSED)
