@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunelab-setup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup go-toolchain run test test-fast bench bench-generate gpu-wheels train-multi multitask verify sweep lr-test check serve serve-gguf
+.PHONY: setup go-toolchain skypilot-env run test test-fast bench bench-generate gpu-wheels train-multi multitask verify sweep lr-test check serve serve-gguf
 
 setup: $(STAMP)
 
@@ -45,7 +45,20 @@ go-toolchain:
 	command -v go >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null)
 
-test: setup go-toolchain
+# SkyPilot (cloud runs: launch/skypilot/, `tunelab sweep --launcher skypilot`) in a virtualenv of
+# its own: it pins click and uvicorn versions that tunelab's dependencies cannot share. tunelab
+# runs its `sky` command; tests/test_cloud_launch.py parses the task files with its loader.
+SKY_VENV ?= .venv-sky
+SKYPILOT_VERSION := 0.14.1
+SKY_STAMP := $(SKY_VENV)/.skypilot-$(SKYPILOT_VERSION)
+skypilot-env: $(SKY_STAMP)
+
+$(SKY_STAMP):
+	test -x $(SKY_VENV)/bin/python || python3 -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q skypilot==$(SKYPILOT_VERSION)
+	touch $@
+
+test: setup go-toolchain skypilot-env
 	$(PYTHON) -m pytest -q --durations=15
 
 test-fast: setup

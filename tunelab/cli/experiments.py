@@ -18,7 +18,12 @@ def register(commands) -> None:
                          help="params every trial gets, on top of the file's `set:` (repeatable)")
     run_cmd.add_argument("--max-trials", type=int, help="override max_trials")
     run_cmd.add_argument("--parallel", type=int, help="override parallel")
-    run_cmd.add_argument("--dry-run", action="store_true", help="list the trials, run nothing")
+    run_cmd.add_argument("--dry-run", action="store_true", help="list the trials, run nothing "
+                         "(skypilot: print each job's exact command and task)")
+    run_cmd.add_argument("--launcher", choices=("local", "skypilot"), default="local",
+                         help="local: the DVC queue here (default); skypilot: one cloud job "
+                              "per trial (launch/skypilot/train.yaml), results pushed back as "
+                              "DVC experiments (sweep-report --pull)")
     run_cmd.set_defaults(handler=run_sweep)
 
     lr = commands.add_parser("lr-test", help="quick learning-rate test: a few short runs over "
@@ -37,6 +42,9 @@ def register(commands) -> None:
     report.add_argument("--output", default=sweep_report.DEFAULT_OUTPUT, type=Path)
     report.add_argument("--apply-best", action="store_true",
                         help="bring the best trial into the workspace (dvc exp apply)")
+    report.add_argument("--pull", action="store_true",
+                        help="first pull the trials that are not in yet from origin (dvc exp "
+                             "pull origin NAME): cloud runs push their experiments there")
     report.set_defaults(handler=report_sweep)
 
     gate = commands.add_parser("check", help="regression gate: fail when a metric in params.yaml "
@@ -72,7 +80,7 @@ def register(commands) -> None:
 def run_sweep(args) -> int:
     sets = parse_sets(args.set) if args.set else None
     return sweep.sweep(args.file, sets=sets, max_trials=args.max_trials, parallel=args.parallel,
-                       dry_run=args.dry_run)
+                       dry_run=args.dry_run, launcher=args.launcher)
 
 
 def run_lr_test(args) -> int:
@@ -80,7 +88,8 @@ def run_lr_test(args) -> int:
 
 
 def report_sweep(args) -> int:
-    return sweep_report.report(args.sweep, args.output, apply_best=args.apply_best)
+    return sweep_report.report(args.sweep, args.output, apply_best=args.apply_best,
+                               pull=args.pull)
 
 
 def check_metrics(args) -> int:

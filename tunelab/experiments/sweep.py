@@ -109,15 +109,21 @@ def run(spec: SweepSpec) -> dict:
 
 
 def sweep(file: str | Path, sets: dict | None = None, max_trials: int | None = None,
-          parallel: int | None = None, dry_run: bool = False) -> int:
+          parallel: int | None = None, dry_run: bool = False, launcher: str = "local") -> int:
     """`tunelab sweep FILE`: ``sets`` go on top of the file's ``set:``; the others override
-    its keys when not None. 0 when some trial produced the metric."""
+    its keys when not None. 0 when some trial produced the metric (``launcher``
+    "skypilot": experiments.cloud_launch, 0 when every job launched)."""
     raw = read_yaml(str(file))
     overrides = {key: value for key, value in (("max_trials", max_trials),
                                                ("parallel", parallel)) if value is not None}
     if sets:
         overrides["set"] = {**(raw.get("set") or {}), **sets}
-    return _run_and_report(sweep_space.load_sweep(file, overrides), dry_run)
+    spec = sweep_space.load_sweep(file, overrides)
+    if launcher == "skypilot":
+        from tunelab.experiments import cloud_launch
+
+        return cloud_launch.launch(spec, dry_run)
+    return _run_and_report(spec, dry_run)
 
 
 def lr_test(file: str | Path = LR_TEST_FILE, rates: list[float] | None = None,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tunelab.experiments import repo
-from tunelab.experiments.sweep_record import load_record
+from tunelab.experiments.sweep_record import load_record, save_record
 from tunelab.report import templating
 from tunelab.util import files
 
@@ -117,9 +117,19 @@ def print_and_write(record: dict, output: str | Path = DEFAULT_OUTPUT) -> dict |
 
 
 def report(sweep_id: str | None = None, output: Path = DEFAULT_OUTPUT,
-           apply_best: bool = False) -> int:
-    """`tunelab sweep-report`: 1 when no trial has the metric (or applying fails)."""
+           apply_best: bool = False, pull: bool = False) -> int:
+    """`tunelab sweep-report`: 1 when no trial has the metric (or applying fails). With
+    ``pull``, first `dvc exp pull origin NAME` of each trial not back yet (cloud runs push
+    their experiments to origin)."""
     record = load_record(sweep_id)
+    if pull:
+        waiting = [t["name"] for t in record["trials"] if t["status"] != "done"]
+        pulled = repo.pull_experiments(waiting, "origin")
+        print(f"pulled {len(pulled)} of the {len(waiting)} trials not in yet from origin"
+              + (f"; not there yet: {', '.join(sorted(set(waiting) - set(pulled)))}"
+                 if len(pulled) < len(waiting) else ""))
+        record = load_record(record["id"])  # refreshed from the pulled experiments
+        save_record(record)
     best = print_and_write(record, output)
     if best is None:
         return 1

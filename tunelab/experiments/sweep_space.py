@@ -77,9 +77,7 @@ def optimize(spec: SweepSpec, run_batch: Callable[[list[dict]], list[float | Non
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # TPE needs a few random points first; half the budget (at most Optuna's 10).
-    sampler = optuna.samplers.TPESampler(seed=spec.seed,
-                                         n_startup_trials=max(1, min(10, spec.max_trials // 2)))
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=startup_trials(spec))
     study = optuna.create_study(direction=spec.direction, sampler=sampler)
     distributions = {dim.key: distribution(dim) for dim in spec.space}
     done = 0
@@ -94,6 +92,27 @@ def optimize(spec: SweepSpec, run_batch: Callable[[list[dict]], list[float | Non
                 study.tell(trial, value)
         done += len(batch)
     return study
+
+
+def startup_trials(spec: SweepSpec) -> int:
+    """How many trials TPE samples at random before it models the results: half the
+    budget, at most Optuna's 10."""
+    return max(1, min(10, spec.max_trials // 2))
+
+
+def trials_known_in_advance(spec: SweepSpec) -> list[dict]:
+    """A bayesian sweep's trials that no result can change: the batches ``optimize`` asks
+    while fewer than ``startup_trials`` have finished, drawn from TPE's own seeded random
+    sampler. (A failed trial only prolongs that phase, so these stay the same.)"""
+    batches = math.ceil(startup_trials(spec) / spec.parallel)
+    asked: list[dict] = []
+
+    def no_results(batch: list[dict]) -> list[None]:  # failures keep TPE sampling at random
+        asked.extend(batch)
+        return [None] * len(batch)
+
+    optimize(spec, no_results)
+    return asked[:min(spec.max_trials, batches * spec.parallel)]
 
 
 def cli_value(value) -> str:
