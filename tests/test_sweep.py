@@ -19,6 +19,7 @@ from tunelab.config.sweep_file import SweepError
 from tunelab.experiments import sweep_report, sweep_space
 
 from test_pipeline_e2e import run  # noqa: E402  (tests/ is on sys.path under pytest)
+from conftest import copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -274,19 +275,7 @@ TINY = {"train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "logging_ste
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, tiny_base_dir):
     """A git copy of the repo on the tiny model, and a 2-trial grid sweep run in it."""
-    copy = tmp_path_factory.mktemp("sweep") / "repo"
-    for name in run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split():
-        if (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["model"]["base"] = str(tiny_base_dir)
-    for section, values in TINY.items():
-        params[section].update(values)
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"],
-                 ["add", "-A"], ["commit", "-qm", "tiny"]):
-        run(["git", *args], copy)
+    copy = copy_repo(tmp_path_factory.mktemp("sweep") / "repo", TINY, tiny_base_dir)
     sweep_file = copy.parent / "lr.yaml"
     sweep_file.write_text("strategy: grid\nmetric: tuned.loss\ndirection: minimize\n"
                           "parallel: 1\nsearch_space:\n  train.learning_rate: [1.0e-5, 3.0e-2]\n")
