@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.train import checkpoints
+from tunelab.train import checkpoints, run_support
 from tunelab.util import files, machine
 
 
@@ -24,7 +24,7 @@ def main(base_dir: str, train_file: str, val_file: str, adapter_dir: str,
     # transformers and bitsandbytes load (and print their own warnings).
     from tunelab.train import training
 
-    if not training.is_main_process():
+    if not run_support.is_main_process():
         # A rank > 0 of `accelerate launch` (make train-multi): it trains in step with rank 0,
         # which alone writes the outputs; nothing is expected in this scratch folder.
         with tempfile.TemporaryDirectory(prefix="tunelab-rank-") as scratch:

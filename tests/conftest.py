@@ -131,6 +131,25 @@ def stage_args(name: str, workdir: Path, dvc_file: str = "dvc.yaml", item: dict 
 
 
 
+
+def trained_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer) -> Path:
+    """``root`` laid out as after the train stage: models/base and a LoRA models/adapter
+    (with its tokenizer and tunelab_train.json), for the stages that come after it."""
+    from tunelab.models import loading
+
+    shutil.copytree(base_dir, root / "models/base")
+    shutil.copytree(adapter_dir, root / "models/adapter")
+    tokenizer.save_pretrained(root / "models/adapter")
+    loading.write_train_info(root / "models/adapter", "lora", "fp32", None)
+    return root
+
+
+def run_stage(stage: str, workdir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """stages/STAGE.py in ``workdir`` with the paths dvc.yaml hands it."""
+    return subprocess.run([sys.executable, str(REPO / f"stages/{stage}.py"),
+                           *stage_args(stage, workdir)], cwd=workdir,
+                          capture_output=True, text=True, timeout=timeout)
+
 # --- a Git + DVC copy of this repo, for tests that run the real pipeline -------------
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import stage_args
+from conftest import run_stage as run, stage_args, trained_workspace
 from test_resume import SLOW_STAGE  # the stage slowed at each checkpoint, to be killed there
 from tunelab.models import loading
 from tunelab.train import checkpoints
@@ -42,10 +41,7 @@ ALIGN = {"objective": "dpo", "max_steps": 2, "batch_size": 2, "gradient_accumula
 
 
 def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer, align: dict) -> Path:
-    shutil.copytree(base_dir, root / "models/base")
-    shutil.copytree(adapter_dir, root / "models/adapter")
-    tokenizer.save_pretrained(root / "models/adapter")
-    loading.write_train_info(root / "models/adapter", "lora", "fp32", None)
+    trained_workspace(root, base_dir, adapter_dir, tokenizer)
     files.write_jsonl_atomic(root / "data/preferences/pairs.jsonl", PAIRS)
     files.write_jsonl_atomic(root / "data/prepared/test.jsonl", TEST)
     params = {"prepare": PREPARE, "align": {"data": "data/preferences", **align},
@@ -53,12 +49,6 @@ def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer, ali
               "export": {"quantizations": ["f32"], "speed_examples": 1, "threads": 2}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
-
-
-def run(stage: str, workdir: Path):
-    return subprocess.run([sys.executable, str(REPO / f"stages/{stage}.py"),
-                           *stage_args(stage, workdir)], cwd=workdir,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from tunelab.bench import contenders, training_speed
 from tunelab.cli import app as cli
 from tunelab.data import encoding
-from tunelab.train import training
+from tunelab.train import run_support
 from tunelab.util import files
 
 from test_training import color_examples  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -55,7 +55,7 @@ def test_every_contender_reports_its_windows_and_their_spread(bench_run, tiny_ba
     assert list(result["contenders"]) == list(RUN)
     assert result["settings"] == {
         "base_dir": str(tiny_base_dir), "train_file": str(work / "train.jsonl"),
-        "train_file_sha256": training.file_sha256(work / "train.jsonl"), "contenders": list(RUN),
+        "train_file_sha256": run_support.file_sha256(work / "train.jsonl"), "contenders": list(RUN),
         "steps": STEPS, "warmup": WARMUP, "repeats": REPEATS, "batch_size": BATCH_SIZE,
         "max_length": MAX_LENGTH}
     assert datetime.fromisoformat(result["date"]).tzinfo is not None
@@ -221,7 +221,7 @@ def fake_contenders(monkeypatch):
 
     monkeypatch.setattr(training_speed, "run_contender", run_contender)
     monkeypatch.setattr(training_speed, "matmul_tflops", lambda precision, size=None: 0.1)
-    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(run_support, "cpu_supports_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     return calls
 
@@ -337,6 +337,6 @@ def test_bench_machine_block_has_the_keys_bench_json_always_had(bench_run):
     _, _, result = bench_run
     assert set(result["machine"]) == {"cpu", "cpu_cores", "torch_threads", "cpu_native_bf16",
                                       "cuda_device", "load_average_1min", "versions"}
-    assert result["machine"]["cpu_native_bf16"] == training.cpu_supports_bf16()
+    assert result["machine"]["cpu_native_bf16"] == run_support.cpu_supports_bf16()
     assert set(result["machine"]["versions"]) == {"torch", "transformers", "trl", "peft"}
     assert result["machine"]["versions"]["torch"] == torch.__version__

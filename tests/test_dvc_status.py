@@ -88,14 +88,19 @@ def test_export_quantizations_mark_export_and_the_report_that_shows_it(locked_co
     assert _changed(locked_copy) == {"export", "report"}
 
 
-def test_editing_the_trainer_code_marks_train_and_align(locked_copy):
-    trainer = locked_copy / "tunelab/train/training.py"
-    text = trainer.read_text()
-    marker = "def build_trainer("
+def edit_line(path, marker: str) -> None:
+    text = path.read_text()
     assert marker in text
-    trainer.write_text(text.replace(marker, "def build_trainer(  # edited\n", 1))
-    # align imports the trainer module too (its logging, checkpoints and base loading); with
-    # align.objective none its rerun takes a second and changes no output.
+    path.write_text(text.replace(marker, f"{marker}  # edited\n", 1))
+
+
+def test_editing_the_sft_trainer_marks_train_only(locked_copy):
+    edit_line(locked_copy / "tunelab/train/training.py", "def build_trainer(")
+    assert _changed(locked_copy) == {"train"}
+
+
+def test_editing_what_both_trainers_share_marks_train_and_align(locked_copy):
+    edit_line(locked_copy / "tunelab/train/run_support.py", "def resume_point(")
     assert _changed(locked_copy) == {"train", "align"}
 
 

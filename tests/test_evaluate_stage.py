@@ -4,19 +4,15 @@ like the test split, into metrics/eval.json "heldout", and leaves the test keys 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import stage_args
+from conftest import run_stage, trained_workspace
 from tunelab.data import prepare
 from tunelab.util import files
 
-REPO = Path(__file__).resolve().parents[1]
 INSTRUCTION = "Extract a JSON object with key category."
 TEST = [{"messages": [{"role": "user", "content": f"{INSTRUCTION}\n\nTicket {i}: the app {what}."},
                       {"role": "assistant", "content": json.dumps({"category": category})}],
@@ -30,12 +26,7 @@ HELDOUT = [{"instruction": INSTRUCTION, "input": "> you wrote: fixed?\nno, still
 
 
 def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer, heldout: str) -> Path:
-    from tunelab.models import loading
-
-    shutil.copytree(base_dir, root / "models/base")
-    shutil.copytree(adapter_dir, root / "models/adapter")
-    tokenizer.save_pretrained(root / "models/adapter")
-    loading.write_train_info(root / "models/adapter", "lora", "fp32", None)
+    trained_workspace(root, base_dir, adapter_dir, tokenizer)
     files.write_jsonl_atomic(root / "data/prepared/test.jsonl", TEST)
     files.write_jsonl_atomic(root / "data/heldout/tickets.jsonl", HELDOUT)
     params = {"evaluate": {"max_new_tokens": 8, "batch_size": 2, "heldout": heldout}}
@@ -44,9 +35,7 @@ def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer, hel
 
 
 def run_evaluate(workdir: Path):
-    return subprocess.run([sys.executable, str(REPO / "stages/evaluate.py"),
-                           *stage_args("evaluate", workdir)], cwd=workdir,
-                          capture_output=True, text=True, timeout=300)
+    return run_stage("evaluate", workdir, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ SBATCH = REPO / "launch/slurm/train.sbatch"
 NODES = 2
 TIMEOUT_S = 600
 # What a rank > 0 node's folder holds after the run: its inputs and nothing else. RANK is the
-# global rank under torchrun, so training.is_main_process() is False on every process of
+# global rank under torchrun, so run_support.is_main_process() is False on every process of
 # node 1: no adapter, metrics, env.json, nor models/checkpoints (save_steps 0; the scratch
 # outputs of a rank > 0 go to a temporary folder, stages/train.py). With separate disks only
 # global rank 0's outputs exist, on the main node, where DVC records them.

@@ -11,7 +11,7 @@ the commit that does the upgrade, saying why."""
 import pytest
 
 from tunelab.config.params import LoraParams, TrainParams
-from tunelab.train import training
+from tunelab.train import run_support, training
 from tunelab.util import files
 
 from test_resume import colour_rows  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -75,7 +75,7 @@ def test_loss_curve_is_pinned(method, tiny_base_dir, colour_data, tmp_path):
 @pytest.mark.parametrize("method", list(PARAMS))
 def test_crashed_and_resumed_run_logs_the_pinned_curve(method, tiny_base_dir, colour_data,
                                                        tmp_path, capsys):
-    completed_save = training.CheckpointKeeper.on_save
+    completed_save = run_support.CheckpointKeeper.on_save
 
     def save_then_crash(self, args, state, control, **kwargs):
         completed_save(self, args, state, control, **kwargs)  # marker written: checkpoint complete
@@ -83,7 +83,7 @@ def test_crashed_and_resumed_run_logs_the_pinned_curve(method, tiny_base_dir, co
             raise SimulatedCrash(f"crashed after checkpoint-{CRASH_AT}")
 
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(training.CheckpointKeeper, "on_save", save_then_crash)
+        monkeypatch.setattr(run_support.CheckpointKeeper, "on_save", save_then_crash)
         with pytest.raises(SimulatedCrash):
             run_training(method, tiny_base_dir, colour_data, tmp_path)
     assert not (tmp_path / "trained").exists()

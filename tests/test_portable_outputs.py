@@ -10,7 +10,7 @@ import pytest
 from tunelab.config.params import LoraParams, TrainParams
 from tunelab.eval.inference import resolve_model
 from tunelab.models import source
-from tunelab.train import training
+from tunelab.train import run_support, training
 from tunelab.util import files
 
 from test_training import color_examples  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -84,7 +84,7 @@ def test_adapter_trained_in_two_clones_is_byte_identical(tiny_base_dir, two_clon
 def test_target_modules_are_written_in_sorted_order(tmp_path):
     config = tmp_path / "adapter_config.json"
     config.write_text(json.dumps({"r": 2, "target_modules": ["v_proj", "down_proj", "q_proj"]}))
-    training.sort_target_modules(config)
+    run_support.sort_target_modules(config)
     assert json.loads(config.read_text()) == {"r": 2,
                                               "target_modules": ["down_proj", "q_proj", "v_proj"]}
-    training.sort_target_modules(tmp_path / "missing.json")  # a full fine-tune has none
+    run_support.sort_target_modules(tmp_path / "missing.json")  # a full fine-tune has none

@@ -30,12 +30,12 @@ TIMINGS = {"runtime.tsv", "samples_per_second.tsv", "steps_per_second.tsv"}
 # Runs the real stage script, only slower at each checkpoint so the test can kill it there.
 SLOW_STAGE = """
 import runpy, sys, time
-from tunelab.train import training
-saved = training.CheckpointKeeper.on_save
+from tunelab.train import run_support
+saved = run_support.CheckpointKeeper.on_save
 def slow_save(self, *args, **kwargs):
     saved(self, *args, **kwargs)
     time.sleep(0.4)
-training.CheckpointKeeper.on_save = slow_save
+run_support.CheckpointKeeper.on_save = slow_save
 sys.argv = sys.argv[1:]  # the stage script first, then its paths from dvc.yaml
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -9,7 +9,7 @@ from tunelab.config.params import GuardParams, LoraParams, TrainParams
 from tunelab.errors import ParamsError
 from tunelab.eval import evaluation
 from tunelab.models import loading
-from tunelab.train import training
+from tunelab.train import run_support, training
 from tunelab.util import files
 
 # lr 3e-2 on a tiny random model: single grad-norm spikes of ~800x that clipping absorbs
@@ -75,7 +75,7 @@ def test_adapter_folder_has_weights_tokenizer_and_model_card(trained):
     assert (adapter / "tokenizer_config.json").is_file()
     card = (adapter / "README.md").read_text()
     assert "base_model: tiny-llama" in card
-    assert training.file_sha256(work / "train.jsonl") in card
+    assert run_support.file_sha256(work / "train.jsonl") in card
     assert f"train_loss: {summary['train_loss']}" in card
     log = (work / "live/training.log").read_text().splitlines()
     assert log[0].startswith("step 1/60 ")
@@ -124,9 +124,9 @@ def test_unknown_target_module_is_a_params_error(tiny_base_dir, tmp_path):
 @pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512_bf16", "bf16"), ("fpu avx2", "fp32")])
 def test_auto_precision_follows_cpu_bf16_support(monkeypatch, flags, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "cpu_supports_bf16", lambda: "avx512_bf16" in flags)
-    assert training.resolve_precision("auto") == expected
-    assert training.resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(run_support, "cpu_supports_bf16", lambda: "avx512_bf16" in flags)
+    assert run_support.resolve_precision("auto") == expected
+    assert run_support.resolve_precision("fp32") == "fp32"
 
 
 def test_generate_cli_prints_base_and_tuned_answers(trained, tiny_base_dir, capsys):

@@ -34,7 +34,7 @@ from tunelab.data import encoding
 from tunelab.errors import DataError
 from tunelab.eval import evaluation
 from tunelab.models import loading
-from tunelab.train import training
+from tunelab.train import run_support
 from tunelab.util import files, machine
 
 VARIANTS = {
@@ -64,7 +64,7 @@ def run_generation_bench(base_dir: str | Path, adapter_dir: str | Path, test_fil
                 "repeats": repeats, "variants": list(variants), "decoding": "greedy",
                 "dtype": "fp32"}
     # before the runs, so the load average is the background load
-    machine_context = machine.bench_context(training.cpu_supports_bf16())
+    machine_context = machine.bench_context(run_support.cpu_supports_bf16())
     runs = []
     for model_name, trained_dir in (("base", None), ("tuned", adapter_dir)):
         model, tokenizer = loading.load_trained(base_dir, trained_dir)

@@ -40,7 +40,7 @@ from transformers import AutoTokenizer, set_seed
 from tunelab.bench.training_speed import StepTimer
 from tunelab.config.params import TrainParams
 from tunelab.errors import ModelSourceError, TrainingError
-from tunelab.train import training
+from tunelab.train import run_support, training
 from tunelab.util import files, machine
 
 METHODS = ("lora", "qlora")
@@ -204,7 +204,7 @@ def train_and_time(result: MethodResult, p: TrainParams, config, tokenizer,
         torch.cuda.synchronize(device)
         result.weights_gib = gib(torch.cuda.memory_allocated(device))
         torch.cuda.reset_peak_memory_stats(device)  # report training's peak, not building's
-    precision = training.resolve_precision(p.precision)
+    precision = run_support.resolve_precision(p.precision)
     model, peft_config = training.ready_for_training(p, model, precision)
     training.check_target_modules(model, p.lora.target_modules)
     timer = StepTimer(warmup)  # one window: every step after the warm-up

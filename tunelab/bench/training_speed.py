@@ -47,7 +47,7 @@ from transformers import TrainerCallback
 from tunelab.bench import contenders as contender_specs
 from tunelab.data import encoding
 from tunelab.models import loading
-from tunelab.train import training
+from tunelab.train import run_support
 from tunelab.util import files, machine
 
 CONTENDERS = tuple(contender_specs.CONTENDERS)
@@ -61,13 +61,13 @@ def run_bench(base_dir: str | Path, train_file: str | Path, out_path: str | Path
               on_progress: Callable[[str], None] | None = None) -> dict:
     """Run each contender, measure the matmul rates, write ``out_path``; return the result."""
     settings = {"base_dir": str(base_dir), "train_file": str(train_file),
-                "train_file_sha256": training.file_sha256(train_file),
+                "train_file_sha256": run_support.file_sha256(train_file),
                 "contenders": list(contenders), "steps": steps, "warmup": warmup,
                 "repeats": repeats, "batch_size": batch_size, "max_length": max_length}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     # before the runs, so the load average is the background load
-    machine_context = machine.bench_context(training.cpu_supports_bf16())
-    native_bf16 = torch.cuda.is_available() or training.cpu_supports_bf16()
+    machine_context = machine.bench_context(run_support.cpu_supports_bf16())
+    native_bf16 = torch.cuda.is_available() or run_support.cpu_supports_bf16()
     measured = {}
     for name in contenders:
         if contender_specs.CONTENDERS[name].needs_native_bf16 and not native_bf16:

@@ -1,7 +1,8 @@
 """tunelab.train: fine-tuning with TRL + PEFT.
 
 Owns building the SFTTrainer and its config for lora / qlora / full (training, with the
-SFTTrainer subclass in sft_trainer), the speed-ups that change no result beyond float
+SFTTrainer subclass in sft_trainer; what it shares with align, from precision and callbacks
+to the resume point, in run_support), the speed-ups that change no result beyond float
 rounding (speedups: answer-only logits, per-example attention in padding-free rows), the
 checkpoints a killed run resumes from and their fingerprints (checkpoints), and the guards
 that stop a diverging or out-of-memory run with one line naming the knob (guards). It also

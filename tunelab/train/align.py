@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, set_seed
 from tunelab.config.params import AlignParams, QuantizationParams
 from tunelab.errors import ParamsError
 from tunelab.models import loading
-from tunelab.train import align_data, training
+from tunelab.train import align_data, run_support
 
 # TRL's evaluation metrics on held-out pairs, under the names the summary gives them.
 PAIR_METRICS = {"eval_loss": "loss", "eval_rewards/accuracies": "preference_accuracy",
@@ -56,13 +56,13 @@ def align(settings: AlignParams, base_dir: str | Path, sft_adapter_dir: str | Pa
 
     sft_files = [Path(sft_adapter_dir) / name
                  for name in ("adapter_model.safetensors", "adapter_config.json")]
-    resume_from, keeper = training.resume_point(
+    resume_from, keeper = run_support.resume_point(
         settings, base_dir, sft_files, checkpoint_dir, live_dir, writer=True, section="align",
         data=[train_examples, eval_examples or []])
     resumed = resume_from is not None  # DVCLive and training.log continue the restored logs
-    logs = [training.StepAlignedDVCLive(live=Live(dir=str(live_dir), resume=resumed,
-                                                  save_dvc_exp=False, dvcyaml=None)),
-            training.TrainingLog(Path(live_dir) / "training.log", fresh=not resumed)]
+    live = Live(dir=str(live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None)
+    logs = [run_support.StepAlignedDVCLive(live=live),
+            run_support.TrainingLog(Path(live_dir) / "training.log", fresh=not resumed)]
     started = time.monotonic()
     trainer = build_align_trainer(settings, base_dir, sft_adapter_dir, train_examples,
                                   eval_examples, checkpoint_dir, reward_funcs,
@@ -81,7 +81,7 @@ def align(settings: AlignParams, base_dir: str | Path, sft_adapter_dir: str | Pa
     summary = {
         "objective": settings.objective,
         "beta": settings.objective_beta,
-        "precision": training.resolve_precision(settings.precision),
+        "precision": run_support.resolve_precision(settings.precision),
         "steps": steps,
         "train_loss": round(keeper.train_loss(result.training_loss, steps), 6),
         "final_loss": round(losses[-1], 6) if losses else None,
@@ -101,7 +101,7 @@ def build_align_trainer(settings: AlignParams, base_dir: str | Path,
     """The TRL trainer for ``settings.objective``: seeded, the policy base + the SFT
     adapter (trainable), the reference its frozen copy (module docstring)."""
     set_seed(settings.seed)
-    precision = training.resolve_precision(settings.precision)
+    precision = run_support.resolve_precision(settings.precision)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = policy_model(base_dir, sft_adapter_dir, precision)
     to_dataset = {"dpo": align_data.to_preference_dataset, "orpo": align_data.to_preference_dataset,
@@ -140,7 +140,7 @@ def policy_model(base_dir: str | Path, sft_adapter_dir: str | Path, precision: s
         raise ParamsError("align continues the SFT adapter, but models/adapter holds a whole "
                           "model (train.method: full); align a lora or qlora run")
     quantization = loading.read_train_info(sft_adapter_dir).get("quantization")
-    base = training.adapter_base(base_dir, precision,
+    base = run_support.adapter_base(base_dir, precision,
                                  QuantizationParams(**quantization) if quantization else None)
     if quantization:
         from peft import prepare_model_for_kbit_training
@@ -218,8 +218,8 @@ def save_adapter(trainer, settings: AlignParams, sft_adapter_dir: str | Path,
         model.delete_adapter("ref")
     trainer.save_model(str(adapter_dir))
     trainer.processing_class.save_pretrained(str(adapter_dir))
-    (Path(adapter_dir) / training.TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
-    training.sort_target_modules(Path(adapter_dir) / "adapter_config.json")
+    (Path(adapter_dir) / run_support.TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+    run_support.sort_target_modules(Path(adapter_dir) / "adapter_config.json")
     info = loading.read_train_info(sft_adapter_dir)
     (Path(adapter_dir) / loading.TRAIN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     align_info = {**summary, "settings": settings.model_dump()}

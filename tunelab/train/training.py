@@ -8,44 +8,18 @@ DVCLive records every logged value under ``metrics/train/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, EarlyStoppingCallback, TrainerCallback, set_seed
-from transformers.integrations import DVCLiveCallback
+from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
 from tunelab.config.params import TrainParams
 from tunelab.data import encoding
 from tunelab.models import loading
-from tunelab.train import checkpoints, guards, speedups
-
-
-def cpu_supports_bf16() -> bool:
-    """bf16 autocast pays off on CPUs with native bf16 dot products (AVX512-BF16 / AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine() == "arm64"  # Apple silicon has bf16
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def is_main_process() -> bool:
-    """True unless this is a rank > 0 of `accelerate launch`/torchrun (they set RANK before
-    the script starts): only rank 0 writes outputs, every rank trains."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def resolve_precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+from tunelab.train import guards, run_support, speedups
 
 
 def to_dataset(examples: list[dict], tokenizer, max_length: int, train_on: str = "all_assistant",
@@ -58,72 +32,6 @@ def to_dataset(examples: list[dict], tokenizer, max_length: int, train_on: str =
             if encoded.loss_tokens:  # the validator already rejected examples with none
                 rows.append({"input_ids": encoded.input_ids, "labels": encoded.labels})
     return Dataset.from_list(rows)
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-class StepAlignedDVCLive(DVCLiveCallback):
-    """DVCLive's callback counts its own steps (one per log call, train and eval
-    alike); align them with the trainer's optimizer step so curves share an x-axis."""
-
-    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-        if self.live is not None:
-            self.live.step = state.global_step
-        super().on_log(args, state, control, model=model, logs=logs, **kwargs)
-
-
-class TrainingLog(TrainerCallback):
-    """A plain, greppable training.log: one line per logging event."""
-
-    def __init__(self, path: str | Path, fresh: bool = True):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fresh or not self.path.exists():  # a resumed run appends to the restored log
-            self.path.write_text("")
-        self.started = time.monotonic()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in (logs or {}).items())
-        elapsed = time.monotonic() - self.started
-        with self.path.open("a") as f:
-            f.write(f"step {state.global_step}/{state.max_steps} t={elapsed:.0f}s {fields}\n")
-
-
-class CheckpointKeeper(TrainerCallback):
-    """Marks each saved checkpoint complete (with a copy of the live logs) and keeps
-    the run-wide loss total across a resume, which the trainer restarts at zero."""
-
-    def __init__(self, fingerprint: str, live_dir: str | Path, resumed: dict | None = None):
-        self.fingerprint = fingerprint
-        self.live_dir = live_dir
-        self.prior_total = resumed["total_loss"] if resumed else 0.0
-        self.start_step = resumed["step"] if resumed else 0
-        self.trainer = None  # set once the trainer exists: its running loss total is private
-
-    def train_loss(self, this_run_mean: float, global_step: int) -> float:
-        if not self.start_step:
-            return this_run_mean
-        this_run_total = this_run_mean * (global_step - self.start_step)
-        return (self.prior_total + this_run_total) / max(global_step, 1)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # TRL counts the tokens trained on itself, from zero on every train() call.
-        seen = [log["num_tokens"] for log in state.log_history if "num_tokens" in log]
-        if self.start_step and seen and hasattr(self.trainer, "_total_train_tokens"):
-            self.trainer._total_train_tokens = seen[-1]
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "train_loss" in logs and self.start_step:  # before DVCLive records it
-            logs["train_loss"] = self.train_loss(logs["train_loss"], state.global_step)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            total = self.prior_total + self.trainer._total_loss_scalar
-            checkpoints.mark_complete(folder, self.fingerprint, self.live_dir, total)
 
 
 def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_eval: bool):
@@ -192,21 +100,9 @@ def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
     if p.method == "full":
         model = loading.load_base(base_dir)
     else:
-        model = adapter_base(base_dir, precision,
+        model = run_support.adapter_base(base_dir, precision,
                              p.quantization if p.method == "qlora" else None)
     return ready_for_training(p, model, precision)
-
-
-def adapter_base(base_dir: str | Path, precision: str, quantization=None):
-    """The frozen base an adapter trains on: quantized with ``quantization`` (qlora), else
-    in the compute dtype for bf16/fp16, else fp32 (train's model_to_train, align's policy)."""
-    if quantization is not None:
-        return loading.load_base(base_dir, quantization, precision)
-    if precision in ("bf16", "fp16"):
-        # A frozen base needs no fp32 master weights: in the compute dtype it takes half the
-        # memory (an 8B base: 15 GiB, not 30); PEFT keeps the adapter itself in fp32.
-        return loading.load_base(base_dir, dtype=loading.COMPUTE_DTYPES[precision])
-    return loading.load_base(base_dir)
 
 
 def ready_for_training(p: TrainParams, model, precision: str):
@@ -236,7 +132,7 @@ def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
     from tunelab.util.files import read_jsonl
 
     set_seed(p.seed)
-    precision = resolve_precision(p.precision)
+    precision = run_support.resolve_precision(p.precision)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model, peft_config = model_to_train(p, base_dir, precision)
     if peft_config is not None:
@@ -283,15 +179,16 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
     once the adapter is in place (``checkpoints.clean``)."""
     from dvclive import Live
 
-    writer = is_main_process()  # DDP/FSDP: the other ranks train in step but write nothing
-    resume_from, keeper = resume_point(p, base_dir, [train_file, val_file], checkpoint_dir,
-                                       live_dir, writer)
+    writer = run_support.is_main_process()  # DDP/FSDP: other ranks train in step, write nothing
+    resume_from, keeper = run_support.resume_point(p, base_dir, [train_file, val_file],
+                                                   checkpoint_dir, live_dir, writer)
     callbacks = [keeper]  # first: it fixes the train_loss that DVCLive records
     if writer:
         resumed = resume_from is not None  # DVCLive and training.log continue the restored logs
         live = Live(dir=str(live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None)
-        callbacks += [StepAlignedDVCLive(live=live),
-                      TrainingLog(Path(live_dir) / "training.log", fresh=not resumed)]
+        callbacks += [run_support.StepAlignedDVCLive(live=live),
+                      run_support.TrainingLog(Path(live_dir) / "training.log",
+                                              fresh=not resumed)]
     callbacks.append(guards.guard_callback(p))  # last: a diverged step is logged, then stops
     started = time.monotonic()
     try:
@@ -323,49 +220,20 @@ def train(p: TrainParams, base_dir: str | Path, train_file: str | Path, val_file
             last_eval.append(trainer.evaluate())  # the run did not end on an eval step
         summary["eval_loss"] = round(last_eval[-1]["eval_loss"], 6)
     trainer.save_model(str(adapter_dir))  # collective under FSDP/ZeRO-3; writes on rank 0 only
-    leave_process_group()
+    run_support.leave_process_group()
     if not writer:
         return summary
     trainer.processing_class.save_pretrained(str(adapter_dir))
     # save_model also pickles the TrainingArguments: nothing reads that file, a pickle runs
     # code when loaded, and the params that matter are in the model card below.
-    (Path(adapter_dir) / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
-    sort_target_modules(Path(adapter_dir) / "adapter_config.json")
+    (Path(adapter_dir) / run_support.TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+    run_support.sort_target_modules(Path(adapter_dir) / "adapter_config.json")
     loading.write_train_info(adapter_dir, p.method, precision,
                             p.quantization if p.method == "qlora" else None)
     base_info = json.loads((Path(base_dir) / "tunelab_base.json").read_text())
-    write_model_card(Path(adapter_dir) / "README.md", p, base_info, file_sha256(train_file), summary)
+    write_model_card(Path(adapter_dir) / "README.md", p, base_info,
+                     run_support.file_sha256(train_file), summary)
     return summary
-
-
-def leave_process_group() -> None:
-    """After the last collective: every rank waits for the others, then the group is torn
-    down in order. A rank > 0 that exits with the group alive while rank 0 still writes can
-    abort in gloo's teardown ("terminate called without an active exception", SIGABRT seen
-    once in test_ddp.py), which fails the whole `accelerate launch`."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def resume_point(p, base_dir, data_files, checkpoint_dir, live_dir, writer: bool,
-                 section: str = "train", data=None):
-    """(checkpoint to resume from or None, its CheckpointKeeper) for a run of the params
-    section ``p`` (``section``: train or align) on ``data_files`` (and ``data``, examples in
-    memory); the writer also deletes checkpoints of other params/data and restores the
-    live logs."""
-    inputs = [f for f in data_files if f]
-    inputs += [f for f in (Path(base_dir) / "config.json", Path(base_dir) / "tunelab_base.json")
-               if f.is_file()]
-    fingerprint = checkpoints.fingerprint(p, inputs, section, data)
-    if writer:
-        checkpoints.claim(checkpoint_dir, fingerprint, section)
-    resume_from = checkpoints.latest(checkpoint_dir, fingerprint)
-    resumed = checkpoints.read_marker(resume_from) if resume_from else None
-    if resume_from and writer:
-        print(f"{section}: resuming from {resume_from} (step {resumed['step']})")
-        checkpoints.restore_live(resume_from, live_dir)
-    return resume_from, CheckpointKeeper(fingerprint, live_dir, resumed)
 
 
 def check_target_modules_of(base_dir: str | Path, target_modules) -> None:
@@ -390,20 +258,6 @@ def check_target_modules(model, target_modules) -> None:
         raise ParamsError(f"params.yaml: train.lora.target_modules: {', '.join(missing)} not in "
                           f"the model (its linear layers: {', '.join(linear)})")
 
-
-TRAINING_ARGS_PICKLE = "training_args.bin"  # transformers.trainer.TRAINING_ARGS_NAME
-
-
-def sort_target_modules(adapter_config: Path) -> None:
-    """PEFT saves the layers "all-linear" resolved to as a set, in string-hash order, which
-    changes from process to process (PYTHONHASHSEED): two equal runs wrote different
-    adapter_config.json bytes, so a different DVC hash. Sorted, they write the same."""
-    if not adapter_config.is_file():  # method full: a whole model, no adapter config
-        return
-    config = json.loads(adapter_config.read_text())
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-        adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 # Left out of the model card: models/adapter is a DVC output, and a wall-clock time would
 # make every run's bytes (and hash) differ. metrics/train/summary.json keeps it.
