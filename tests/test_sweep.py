@@ -19,7 +19,7 @@ from tunelab.config.sweep_file import SweepError
 from tunelab.experiments import sweep_report, sweep_space
 
 from test_pipeline_e2e import run  # noqa: E402  (tests/ is on sys.path under pytest)
-from conftest import copy_repo
+from conftest import TINY_PIPELINE, copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -269,7 +269,8 @@ def test_report_html_is_self_contained_with_one_plot_per_param(tmp_path, capsys)
 TINY = {"train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "logging_steps": 1,
                   "save_steps": 0, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
         "prepare": {"val_ratio": 0.0},  # no validation set: no final eval pass
-        "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2}}
+        "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
+        "export": TINY_PIPELINE["export"]}  # one GGUF type, one timed prompt per trial
 
 
 @pytest.fixture(scope="module")
