@@ -79,7 +79,7 @@ def test_task_files_parse_with_skypilots_loader(tmp_path):
                      "accelerators": ["{'A100': 1}", "{'A10G': 1}", "{'L4': 1}"]}
     assert multi == {"name": "tunelab-train-multinode", "num_nodes": 2,
                      "envs": {**ENVS, "MAIN_PORT": "29500"}, "workdir": workdir,
-                     "alone": missing, "run_lines": 20, "accelerators": ["{'A100': 8}"]}
+                     "alone": missing, "run_lines": 21, "accelerators": ["{'A100': 8}"]}
     # The dry run's task: the same task, complete on its own.
     assert tasks[str(filled)] == {**train, "alone": "parsed"}
 
