@@ -86,7 +86,12 @@ def test_task_files_parse_with_skypilots_loader(tmp_path):
 
 def test_multi_node_task_joins_the_nodes_at_the_head_ip():
     run = yaml.safe_load((REPO / TASK_FILES[1]).read_text())["run"]
-    assert 'main_ip=$(echo "$SKYPILOT_NODE_IPS" | head -n1)' in run
+    # The main node's IP is the first line of SkyPilot's list: run that line as the task does.
+    [line] = [line for line in run.splitlines() if line.startswith("main_ip=")]
+    shown = subprocess.run(["bash", "-c", f"set -euo pipefail; {line}; echo \"$main_ip\""],
+                           env={"SKYPILOT_NODE_IPS": "10.0.0.1\n10.0.0.2"},
+                           capture_output=True, text=True, check=True).stdout
+    assert shown == "10.0.0.1\n"
     assert ('accelerate launch --config_file configs/accelerate/multi_node.yaml \\\n'
             '  --num_machines "$SKYPILOT_NUM_NODES" --machine_rank "$SKYPILOT_NODE_RANK" \\\n'
             '  --num_processes $((SKYPILOT_NUM_NODES * SKYPILOT_NUM_GPUS_PER_NODE)) \\\n'
