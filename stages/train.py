@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunelab import pipeline
 from tunelab.config import params
-from tunelab.train import checkpoints, run_support
+from tunelab.train import checkpoints
 from tunelab.util import files, machine
 
 
@@ -22,7 +22,7 @@ def main(base_dir: str, train_file: str, val_file: str, adapter_dir: str,
     p = params.load("train")
     # Imported once params.yaml has passed: a typo fails in a second, before torch,
     # transformers and bitsandbytes load (and print their own warnings).
-    from tunelab.train import training
+    from tunelab.train import run_support, training
 
     if not run_support.is_main_process():
         # A rank > 0 of `accelerate launch` (make train-multi): it trains in step with rank 0,
