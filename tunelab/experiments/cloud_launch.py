@@ -28,7 +28,7 @@ from tunelab.config.sweep_file import SweepError, SweepSpec
 from tunelab.errors import MissingExtraError
 from tunelab.experiments import repo, sweep_report, sweep_space
 from tunelab.experiments.sweep_record import (RECORDS_DIR, finish, new_record, new_sweep_id,
-                                              save_record)
+                                              next_trial_name, save_record, trial_name)
 
 TASK_FILE = "launch/skypilot/train.yaml"
 SKY_VENV_BIN = Path(".venv-sky/bin")
@@ -72,7 +72,7 @@ class CloudTrials:
     def launch(self, batch: list[dict], wait: bool) -> list[dict]:
         trials, commands = [], []
         for values in batch:
-            name = f"{self.record['id']}-{len(self.record['trials']) + 1:02d}"
+            name = next_trial_name(self.record)
             envs = trial_envs(self.repo_url, self.record["baseline"], name,
                               {**self.spec.fixed, **values})
             trial = {"name": name, "params": values, "value": None, "status": "launched"}
@@ -126,7 +126,7 @@ def print_plan(spec: SweepSpec) -> int:
     else:
         trials = sweep_space.expand(spec)
     for number in range(1, spec.total_trials + 1):
-        name = f"{sweep_id}-{number:02d}"
+        name = trial_name(sweep_id, number)
         if number > len(trials):
             print(f"=== {name}: asked from Optuna's TPE once the trials before it are back")
             continue

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tunelab.experiments import repo, sweep_report, sweep_space
 from tunelab.experiments.sweep_record import (RECORDS_DIR, finish, new_record, new_sweep_id,
-                                              save_record)
+                                              next_trial_name, save_record)
 from tunelab.config.sweep_file import read_yaml, SweepSpec
 
 POLL_SECONDS = 3
@@ -35,7 +35,7 @@ class DvcTrials:
     def run_batch(self, batch: list[dict]) -> list[float | None]:
         trials = []
         for values in batch:
-            name = f"{self.record['id']}-{len(self.record['trials']) + 1:02d}"
+            name = next_trial_name(self.record)
             trial = {"name": name, "params": values, "value": None, "status": "queued"}
             settings = {**self.spec.fixed, **values}
             repo.queue_experiment(name, {key: sweep_space.cli_value(value)

@@ -29,6 +29,16 @@ def new_sweep_id(name: str) -> str:
     raise SweepError(f"no free sweep id for {name}")
 
 
+def trial_name(sweep_id: str, number: int) -> str:
+    """Trial ``number`` (from 1) of sweep ``sweep_id``: its DVC experiment's name."""
+    return f"{sweep_id}-{number:02d}"
+
+
+def next_trial_name(record: dict) -> str:
+    """The name of the next trial ``record`` takes."""
+    return trial_name(record["id"], len(record["trials"]) + 1)
+
+
 def new_record(spec: SweepSpec, sweep_id: str, baseline: str) -> dict:
     return {"id": sweep_id, "file": spec.path, "strategy": spec.strategy, "metric": spec.metric,
             "direction": spec.direction, "keys": spec.keys, "fixed": spec.fixed,
