@@ -2,7 +2,8 @@
 
 Usage (dvc.yaml): python stages/prepare.py RAW_DIR BASE_DIR PREPARED_DIR DATA_METRICS
 Reads params `prepare` (RAW_DIR is prepare.raw_dir, interpolated by dvc.yaml) and
-train.max_length and train.train_on (for DATA_METRICS' "analysis"); writes
+train.max_length and train.train_on (for DATA_METRICS' "analysis") and train.reasoning
+(drop: reasoning is taken out of every example); writes
 PREPARED_DIR/{train,val,test}.jsonl and DATA_METRICS. RAW_DIR is only read.
 """
 
@@ -11,6 +12,7 @@ import sys
 from transformers import AutoTokenizer
 
 from tunelab import pipeline
+from tunelab.chat import reasoning
 from tunelab.config import params
 from tunelab.data import analysis, columns, prepare
 from tunelab.errors import DataError
@@ -29,6 +31,9 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
         raise DataError(f"{len(loaded.errors)} bad records in {raw_dir}"
                         + (f" (first 20 shown, {more} more)" if more > 0 else "")
                         + "; nothing was written")
+    train = params.load("train")
+    if train.reasoning == "drop":  # the answers alone train (README: Reasoning models)
+        loaded.examples = [reasoning.without_reasoning(e) for e in loaded.examples]
     unique, duplicates = prepare.deduplicate(loaded.examples)
     splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed, p.group_by)
 
@@ -37,7 +42,6 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
     # files prints them; at train's max_length and train_on, so as training will see them.
     # Its "tokens": lengths before truncation of the unique examples, so the user can pick
     # train.max_length from p95/max.
-    train = params.load("train")
     analyzed = analysis.analyze(
         loaded.examples, tokenizer, max_length=train.max_length, train_on=train.train_on,
         text_stride=train.text_stride, format_counts=analysis.count_formats(

@@ -61,6 +61,30 @@ def no_eos_tokenizer(tokenizer):
     return custom
 
 
+OLLAMA_RENDERER = Path(__file__).parent / "ollama_render"
+
+
+@pytest.fixture(scope="session")
+def render_go(tmp_path_factory):
+    """``render_go(template, messages) -> text`` through a Go build of the renderer."""
+    if shutil.which("go") is None:
+        if os.environ.get("CI"):
+            pytest.fail("go is not installed: `make test` installs it (golang-go)")
+        pytest.skip("go is not installed (make go-toolchain)")
+    binary = tmp_path_factory.mktemp("go") / "ollama_render"
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOCACHE": str(binary.parent / "cache")}
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=OLLAMA_RENDERER, check=True,
+                   env=env)
+
+    def render(template: str, messages: list[dict]) -> str:
+        done = subprocess.run([str(binary)], input=json.dumps({"template": template,
+                                                               "messages": messages}),
+                              capture_output=True, text=True, check=True)
+        return done.stdout
+
+    return render
+
+
 def _write_jsonl(path: Path, rows: list) -> Path:
     """Write ``rows`` one per line; a str row is written as-is (for broken lines)."""
     path = Path(path)

@@ -254,6 +254,11 @@ PARAMS_CASES = [
      "prepare.roles.customer: unknown role 'usr' (did you mean 'user'?)"),
     ("per-file map typo", "prepare.per_file", {"qa/*.csv": {"colums": {"q": "prompt"}}},
      "prepare.per_file.qa/*.csv.colums: unknown key (did you mean 'columns'?)"),
+    ("unknown chat template", "model.chat_template", "lama3",
+     "model.chat_template: unknown chat template 'lama3' (did you mean 'llama3'?) (use auto, a "
+     ".jinja file, or one of chatml, qwen3, llama3, gemma, llama2, mistral, phi3, alpaca)"),
+    ("unknown reasoning choice", "train.reasoning", "strip",
+     "train.reasoning: must be one of keep, drop, got 'strip'"),
     ("stride past the window", "train.text_stride", 300, "train.text_stride: must be at most "
      "train.max_length (256), got 300: a longer step would skip tokens between windows"),
 ]

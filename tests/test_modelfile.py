@@ -10,19 +10,14 @@ as Ollama's documentation describes it) and how its runner tokenizes the text.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
+from tunelab.chat import stops
 from tunelab.deploy import ollama
 from tunelab.errors import DeployError
 
-RENDERER = Path(__file__).parent / "ollama_render"
 CONVERSATIONS = [
     [{"role": "user", "content": "My order ORD-123456 arrived broken."}],
     [{"role": "system", "content": "You triage support tickets. Answer in JSON."},
@@ -33,26 +28,6 @@ CONVERSATIONS = [
      {"role": "assistant", "content": '{"category": "billing"}'},
      {"role": "user", "content": "Café {{ not a template }} 東京"}],
 ]
-
-
-@pytest.fixture(scope="module")
-def render_go(tmp_path_factory):
-    """``render_go(template, messages) -> text`` through a Go build of the renderer."""
-    if shutil.which("go") is None:
-        if os.environ.get("CI"):
-            pytest.fail("go is not installed: `make test` installs it (golang-go)")
-        pytest.skip("go is not installed (make go-toolchain)")
-    binary = tmp_path_factory.mktemp("go") / "ollama_render"
-    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOCACHE": str(binary.parent / "cache")}
-    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=RENDERER, check=True, env=env)
-
-    def render(template: str, messages: list[dict]) -> str:
-        done = subprocess.run([str(binary)], input=json.dumps({"template": template,
-                                                               "messages": messages}),
-                              capture_output=True, text=True, check=True)
-        return done.stdout
-
-    return render
 
 
 def modelfile_parts(text: str) -> tuple[str, str | None]:
@@ -70,7 +45,8 @@ def as_ollama_sends(messages: list[dict], system: str | None) -> list[dict]:
 
 @pytest.mark.parametrize("system_prompt", ["", "You triage support tickets."])
 def test_template_renders_the_chat_templates_prompt_in_go(tokenizer, render_go, system_prompt):
-    text = ollama.modelfile("tuned-q8_0.gguf", ollama.read_shape(tokenizer), tokenizer.eos_token,
+    text = ollama.modelfile("tuned-q8_0.gguf", ollama.read_shape(tokenizer),
+                            stops.stop_texts(tokenizer),
                             system_prompt, max_new_tokens=64)
     template, system = modelfile_parts(text)
     assert system == (system_prompt or None)
@@ -82,7 +58,7 @@ def test_template_renders_the_chat_templates_prompt_in_go(tokenizer, render_go, 
 
 def test_modelfile_names_the_file_stops_and_greedy_defaults(tokenizer):
     text = ollama.modelfile("tuned-q4_k_m.gguf", ollama.read_shape(tokenizer),
-                            tokenizer.eos_token, "", max_new_tokens=48)
+                            stops.stop_texts(tokenizer), "", max_new_tokens=48)
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines[0] == "FROM ./tuned-q4_k_m.gguf"
     assert [line for line in lines if line.startswith("PARAMETER")] == [
@@ -96,14 +72,16 @@ def test_literal_braces_in_a_template_are_escaped_for_go(tokenizer, render_go):
         "{% for m in messages %}{{ '{{' + m['role'] + '}}\n' + m['content'] + '\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '{{assistant}}\n' }}{% endif %}")
     template, _ = modelfile_parts(ollama.modelfile("m.gguf", ollama.read_shape(braced),
-                                                   braced.eos_token, "", 8))
+                                                   stops.stop_texts(braced), "", 8))
     for messages in CONVERSATIONS:
         assert render_go(template, messages) == braced.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True)
 
 
-def test_a_template_that_moves_the_system_text_is_refused(tokenizer):
-    llama2 = copy.deepcopy(tokenizer)  # Llama 2: the system text goes inside the first [INST]
+def test_a_template_no_shape_rebuilds_is_refused_naming_its_closest_family(tokenizer):
+    # Llama 2's layout without its BOS: neither role wrappers nor the llama2 family's shape
+    # (tests/test_families.py renders the real one).
+    llama2 = copy.deepcopy(tokenizer)
     llama2.chat_template = (
         "{% if messages[0]['role'] == 'system' %}{% set sys = '<<SYS>>\n' + messages[0]['content']"
         " + '\n<</SYS>>\n\n' %}{% set messages = messages[1:] %}{% else %}{% set sys = '' %}"
@@ -111,14 +89,18 @@ def test_a_template_that_moves_the_system_text_is_refused(tokenizer):
         "{{ '[INST] ' + (sys if loop.first else '') + m['content'] + ' [/INST]' }}"
         "{% else %}{{ ' ' + m['content'] + ' </s>' }}{% endif %}{% endfor %}")
     with pytest.raises(DeployError, match=r"^chat template leaves out the text of a lone system "
-                                          r"message: an Ollama TEMPLATE cannot reproduce it$"):
+                                          r"message, and no registered family's Ollama template "
+                                          r"renders it \(closest family: llama2\): an Ollama "
+                                          r"TEMPLATE cannot reproduce it$"):
         ollama.read_shape(llama2)
     numbered = copy.deepcopy(tokenizer)  # a turn number in each wrapper: no fixed text
     numbered.chat_template = ("{% for m in messages %}{{ loop.index|string + '|' + m['role'] + "
                               "'|' + m['content'] + '\n' }}{% endfor %}")
     with pytest.raises(DeployError, match=r"^chat template writes the first user message "
-                                          r"differently without a system message: an Ollama "
-                                          r"TEMPLATE cannot reproduce it$"):
+                                          r"differently without a system message, and no "
+                                          r"registered family's Ollama template renders it "
+                                          r"\(closest family: none\): an Ollama TEMPLATE cannot "
+                                          r"reproduce it$"):
         ollama.read_shape(numbered)
     separated = copy.deepcopy(tokenizer)  # a separator from the third message on
     separated.chat_template = ("{% for m in messages %}{% if loop.index > 2 %}---{% endif %}"

@@ -60,14 +60,17 @@ def test_template_that_drops_eos_is_an_error(no_eos_tokenizer):
     result = validation.check_examples([SHORT, LONG], no_eos_tokenizer,
                                        max_length=256)
     assert result.errors == [
-        f"a.jsonl:{line}: the chat template loses the EOS token '<|im_end|>' after the answer, "
-        "so the model would never learn to stop" for line in (1, 2)]
+        f"a.jsonl:{line}: the chat template loses the EOS token '<|im_end|>' after the answer "
+        "(and writes no end-of-turn token), so the model would never learn to stop"
+        for line in (1, 2)]
 
 
 def test_tokenizer_without_chat_template_rejects_chat_data(tokenizer):
     result = validation.check_examples([SHORT], with_template(tokenizer, None), max_length=256)
-    assert result.errors == ["the base model's tokenizer has no chat template; "
-                             "use plain `text` data or a model with a chat template"]
+    assert result.errors == [
+        "the data is chat (messages) but the base model's tokenizer has no chat template: set "
+        "model.chat_template to one of chatml, qwen3, llama3, gemma, llama2, mistral, phi3, "
+        "alpaca or a .jinja file (README: Model families), or use plain `text` data"]
     assert result.checked == 0
 
 

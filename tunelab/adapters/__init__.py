@@ -3,5 +3,5 @@
 Owns merging several LoRA adapters into one (merge: linear, cat, svd, ties, dare),
 folding an adapter into a plain model whose logits are checked against the adapter's
 (export), and answering with several models at once (ensemble). May import tunelab.eval,
-tunelab.models, tunelab.data, tunelab.config, tunelab.util and tunelab.errors.
+tunelab.models, tunelab.data, tunelab.chat, tunelab.config, tunelab.util and tunelab.errors.
 """

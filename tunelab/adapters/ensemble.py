@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+from tunelab.chat import stops
 from tunelab.errors import AdapterError
 
 AGGREGATIONS = ("logit_mean", "weighted_vote")
@@ -53,8 +54,8 @@ def check_same_tokenizer(members: list[Member]) -> None:
             raise EnsembleError(
                 f"{other.name}: its tokenizer differs from {first.name}'s ({len(other_vocab)} vs "
                 f"{len(vocab)} tokens, {differing} with other ids); an ensemble needs one tokenizer")
-        if other.tokenizer.eos_token_id != first.tokenizer.eos_token_id:
-            raise EnsembleError(f"{other.name}: its end-of-sequence token differs from "
+        if stops.stop_ids(other.tokenizer) != stops.stop_ids(first.tokenizer):
+            raise EnsembleError(f"{other.name}: its stop tokens (EOS, end of turn) differ from "
                                 f"{first.name}'s; an ensemble needs one tokenizer")
 
 
@@ -87,6 +88,7 @@ def logit_mean(members: list[Member], prompt_ids: list[int], max_new_tokens: int
     caches = [{cache_argument(m.model): DynamicCache(config=m.model.config)} for m in members]
     step_input = torch.tensor([prompt_ids])
     answer: list[int] = []
+    ends = stops.stop_ids(tokenizer, members[0].model.generation_config)
     for _ in range(max_new_tokens):
         mixed = torch.zeros(vocab_size)
         for member, cache in zip(members, caches):
@@ -94,7 +96,7 @@ def logit_mean(members: list[Member], prompt_ids: list[int], max_new_tokens: int
                 logits = member.model(input_ids=step_input, use_cache=True, **cache).logits
             mixed += member.weight * torch.log_softmax(logits[0, -1, :vocab_size].float(), dim=-1)
         token = int(mixed.argmax())
-        if token == tokenizer.eos_token_id:
+        if token in ends:
             break
         answer.append(token)
         step_input = torch.tensor([[token]])

@@ -15,6 +15,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, Field, RootModel, field_validator,
                       model_validator)
 
+from tunelab.chat.families import FAMILIES
 from tunelab.config.schema import (Bool, Float, Int, Names, Section, Str, StepLimit, choice,
                                    complaint, is_model, parse)
 from tunelab.errors import ParamsError
@@ -26,6 +27,7 @@ UNIT_INTERVAL = {"ge": 0, "lt": 1}  # shares of a whole: 0 allowed, 1 (all of it
 # The choice keys; params.CHOICES lists their options for command-line flags.
 TextSplit = choice("file", "blank_lines")
 TrainOn = choice("all_assistant", "last")
+Reasoning = choice("keep", "drop")
 DataFormat = choice("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
 Method = choice("lora", "qlora", "full")
 Scheduler = choice("cosine", "linear", "constant", "constant_with_warmup")
@@ -41,8 +43,17 @@ GgufType = choice("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_
                   "q4_k_m", "q4_k_s", "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k")
 
 
+def _template_choice(value: str) -> str:
+    """auto, a .jinja file or a registered family (tunelab.chat.families)."""
+    if value == "auto" or value.endswith(".jinja") or value in FAMILIES:
+        return value
+    raise complaint(f"unknown chat template {value!r}{did_you_mean(value, FAMILIES)} (use auto, "
+                    f"a .jinja file, or one of {', '.join(FAMILIES)})")
+
+
 class ModelParams(Section):
     base: Str = "smollm2-135m-instruct"
+    chat_template: Annotated[Str, AfterValidator(_template_choice)] = "auto"
 
 
 # What prepare.columns may rename a field to: the keys tunelab's formats (and the
@@ -137,6 +148,7 @@ class TrainParams(Section):
     weight_decay: Float = Field(0.0, ge=0)
     max_grad_norm: Float = Field(1.0, ge=0)
     max_length: Int = Field(256, gt=0)
+    reasoning: Reasoning = "keep"
     train_on: TrainOn = "all_assistant"
     text_stride: Int = Field(0, ge=0)
     seed: Int = 42

@@ -7,6 +7,6 @@ training and `tunelab serve` share (tool_calls), checking the prepared data agai
 (validation), the figures `tunelab analyze-data` prints and metrics/data.json keeps: token
 lengths, truncation, loss share, duplicates (analysis), the multi-task split by `task`
 (multitask), and preference pairs and KTO examples for the align stage, read, checked and
-split as SFT data is (preferences). May import tunelab.config, tunelab.util and
+split as SFT data is (preferences). May import tunelab.chat, tunelab.config, tunelab.util and
 tunelab.errors; never a model, the trainer or anything above them.
 """

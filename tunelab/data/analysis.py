@@ -65,7 +65,7 @@ def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
     if not examples:
         raise DataError("no examples to analyze")
     if any("messages" in e for e in examples) and not tokenizer.chat_template:
-        raise DataError("the tokenizer has no chat template, so chat examples cannot be encoded")
+        raise DataError(encoding.NO_TEMPLATE)
     lengths, rows, truncated = [], [], []
     for example in examples:
         encoded = encoding.encode(tokenizer, example, max_length, train_on)

@@ -5,8 +5,9 @@ checks is exactly what the trainer sees. Chat examples train on every assistant 
 (``train_on="all_assistant"``, skipping messages marked ``"train": false``) or on the
 final one only (``"last"``); each turn's span is where the conversation rendered up to
 and including that turn goes past the conversation rendered up to its generation
-prompt, so the chat template's end-of-turn token is part of it and the model learns
-to stop. Plain ``text`` examples train on every token plus EOS (domain adaptation).
+prompt, through the chat template's end-of-turn token (tunelab.chat.stops) at least,
+so the model learns to stop after every turn. Plain ``text`` examples train on every
+token plus EOS (domain adaptation).
 
 An example with ``tools`` or tool calls renders through tunelab.data.tool_calls: with
 ``tools=`` where the template renders tools, else as its fallback messages. Tool
@@ -17,10 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.chat import families, stops
 from tunelab.config import params
 from tunelab.data import tool_calls
 
 IGNORE_INDEX = -100  # label value that the loss skips
+# Chat data on a tokenizer without a template (most base models): what to set, in one line.
+NO_TEMPLATE = ("the data is chat (messages) but the base model's tokenizer has no chat template: "
+               f"set model.chat_template to one of {', '.join(families.FAMILIES)} or a .jinja "
+               "file (README: Model families), or use plain `text` data")
 
 
 @dataclass
@@ -31,7 +37,7 @@ class Encoded:
     full_tokens: int         # length before truncation
     truncated: bool
     prefix_ok: bool          # prompt renders as a prefix of prompt+completion
-    ends_with_eos: bool      # the completion carries the EOS token
+    ends_with_eos: bool      # the completion carries a stop token (EOS or the end-of-turn token)
     trained_turns: int = 1   # assistant turns that carry loss
 
     @property
@@ -92,17 +98,28 @@ def encode(tokenizer, example: dict, max_length: int, train_on: str = "all_assis
     labels = [IGNORE_INDEX] * len(full)
     prefix_ok, start = True, len(full)
     turns = trained_turns(messages, train_on)
+    ends = stops.stop_ids(tokenizer)
     for index in turns:
         before = chat_ids(tokenizer, messages[:index], add_generation_prompt=True, tools=tools)
         start = _common_prefix(before, full)
         prefix_ok &= start == len(before)
-        # The final turn runs to the end (with the template's closing tokens); an earlier
-        # one to where the conversation rendered up to it stops agreeing with the whole.
-        end = len(full) if index == len(messages) - 1 else _common_prefix(
-            chat_ids(tokenizer, messages[:index + 1], tools=tools), full)
+        end = len(full) if index == len(messages) - 1 else _turn_end(
+            chat_ids(tokenizer, messages[:index + 1], tools=tools), full, start, ends)
         labels[start:end] = full[start:end]
     return _finish(full, labels, start, max_length, prefix_ok,
-                   ends_with_eos=tokenizer.eos_token_id in full[start:], trained_turns=len(turns))
+                   ends_with_eos=any(token in ends for token in full[start:]),
+                   trained_turns=len(turns))
+
+
+def _turn_end(rendered_to_turn: list[int], full: list[int], start: int, ends: list[int]) -> int:
+    """Where an earlier assistant turn that starts at ``start`` ends in ``full``: at least
+    through its end-of-turn (or EOS) token, so the model learns to stop after every turn;
+    and on as far as the conversation rendered up to the turn agrees with the whole (the
+    template's closing text, ChatML's newline). The second alone fails where a template
+    writes a turn differently when it is last (Qwen3's think block)."""
+    through_stop = next((position + 1 for position in range(start, len(full))
+                         if full[position] in ends), 0)
+    return max(_common_prefix(rendered_to_turn, full), through_stop)
 
 
 def windows(tokenizer, example: dict, max_length: int, train_on: str = "all_assistant",

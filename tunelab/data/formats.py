@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any
 
+from tunelab.chat import reasoning
 from tunelab.config import params
 from tunelab.data import readers, tool_calls
 from tunelab.errors import DataError
@@ -137,7 +138,34 @@ def read_conversation(record: dict, key: str, role_key: str, content_key: str,
 
 
 def _message(turn: dict, given_role: str, role: str, content_key: str, where: str) -> dict:
-    """One message; tool calls and results in the shape of tunelab.data.tool_calls."""
+    """One message: ``_spoken`` and, on an assistant message, its reasoning."""
+    message = _spoken(turn, given_role, role, content_key, where)
+    thought = _reasoning(turn, content_key, where)
+    if thought:
+        if message["role"] != "assistant":
+            raise ValueError(f"only assistant messages carry reasoning{where}")
+        message[reasoning.REASONING_KEY] = thought
+    return message
+
+
+def _reasoning(turn: dict, key: str, where: str) -> str:
+    """An assistant turn's reasoning: its ``reasoning_content`` field, or the text of its
+    ``{"type": "reasoning", ...}`` content parts (LLaMA-Factory's reasoning data)."""
+    given = turn.get(reasoning.REASONING_KEY)
+    if given is not None and not isinstance(given, str):
+        raise ValueError(f"field '{reasoning.REASONING_KEY}'{where} must be a str, "
+                         f"got {_type_name(given)}")
+    parts = turn.get(key) if isinstance(turn.get(key), list) else []
+    texts = [_part_text(part, number, where) for number, part in enumerate(parts, start=1)
+             if isinstance(part, dict) and part.get("type") == "reasoning"]
+    if given and texts:
+        raise ValueError(f"reasoning given twice{where} (a reasoning_content field and "
+                         "reasoning content parts)")
+    return (given or "".join(texts)).strip()
+
+
+def _spoken(turn: dict, given_role: str, role: str, content_key: str, where: str) -> dict:
+    """One message's role, text and tool calls (in the shape of tunelab.data.tool_calls)."""
     if given_role == "function_call":  # ShareGPT: the turn's value is the call, as JSON
         calls = tool_calls.normalise_calls(_required(turn, content_key, object, where), where)
         return {"role": "assistant", "content": "", "tool_calls": calls}
@@ -165,15 +193,26 @@ def _content(turn: dict, key: str, where: str) -> str:
         kind = part.get("type", "text") if isinstance(part, dict) else None
         if kind in MEDIA_PARTS:
             raise ValueError(f"multimodal content is not supported ('{kind}' part{where})")
-        text_key = next((k for k in TEXT_KEYS if isinstance(part, dict) and k in part), None)
-        if kind != "text" or text_key is None or not isinstance(part[text_key], str):
+        if kind == "reasoning":  # read by _reasoning
+            continue
+        if kind != "text":
             raise ValueError(f"content part {number}{where} must be {{\"type\": \"text\", "
                              f"\"text\": ...}}, got {_shown(json.dumps(part, ensure_ascii=False))}")
-        texts.append(part[text_key])
+        texts.append(_part_text(part, number, where))
     joined = "".join(texts)
     if not joined.strip():
         raise ValueError(f"empty field '{key}'{where}")
     return joined
+
+
+def _part_text(part: dict, number: int, where: str) -> str:
+    """The text of a content part (``text``, ``value``, or a reasoning part's ``reasoning``)."""
+    text_key = next((k for k in (*TEXT_KEYS, "reasoning") if k in part), None)
+    if text_key is None or not isinstance(part[text_key], str):
+        raise ValueError(f"content part {number}{where} must be {{\"type\": "
+                         f"\"{part.get('type', 'text')}\", \"text\": ...}}, got "
+                         f"{_shown(json.dumps(part, ensure_ascii=False))}")
+    return part[text_key]
 
 
 def _trained(turn: dict, where: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunelab.chat import reasoning
 from tunelab.data import encoding, prepare
 
 
@@ -36,8 +37,12 @@ def check_examples(examples: list[dict], tokenizer, max_length: int,
                    train_on: str = "all_assistant", text_stride: int = 0) -> ValidationResult:
     result = ValidationResult()
     if any("messages" in e for e in examples) and not tokenizer.chat_template:
-        result.errors.append("the base model's tokenizer has no chat template; "
-                             "use plain `text` data or a model with a chat template")
+        result.errors.append(encoding.NO_TEMPLATE)
+        return result
+    complaint = reasoning.unsupported(tokenizer, examples, keep=True)
+    if complaint:
+        first = next(e for e in examples if reasoning.has_reasoning(e))
+        result.errors.append(f"{first.get('source', '?')}: {complaint}")
         return result
     eos = tokenizer.eos_token
     prefix_mismatches, preview_turns = 0, 0
@@ -51,7 +56,8 @@ def check_examples(examples: list[dict], tokenizer, max_length: int,
         prefix_mismatches += not encoded.prefix_ok
         if not rows[-1].ends_with_eos:  # a long text's EOS is in its last window
             result.errors.append(f"{source}: the chat template loses the EOS token {eos!r} after the "
-                                 "answer, so the model would never learn to stop")
+                                 "answer (and writes no end-of-turn token), so the model would "
+                                 "never learn to stop")
         elif encoded.loss_tokens == 0:
             result.errors.append(
                 f"{source}: the prompt alone is {encoded.prompt_tokens} tokens, so no answer token "

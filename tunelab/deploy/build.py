@@ -11,9 +11,11 @@ Every type is quantized from one f32 conversion, so none inherits another's roun
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
+from tunelab.chat import stops
 from tunelab.deploy import gguf_export, ollama
 from tunelab.deploy.parity import Contender
 
@@ -63,11 +65,13 @@ def write(base_dir: Path, adapter_dir: Path, staging: Path, final_dir: Path, wor
         contenders.append(Contender(quantization, staging / tuned_file(quantization),
                                     (final_dir / tuned_file(quantization)).as_posix()))
     f32.unlink()
+    stop_texts = stops.stop_texts(tokenizer, loading.generation_config(base_dir))
     (staging / MODELFILE).write_text(ollama.modelfile(tuned_file(quantizations[0]), shape,
-                                                      tokenizer.eos_token, system_prompt,
-                                                      max_new_tokens))
+                                                      stop_texts, system_prompt, max_new_tokens))
     method = loading.read_train_info(adapter_dir).get("method", "lora")
-    if lora and method != "full":
+    if lora and method != "full" and lora_skipped(adapter_dir):
+        print(f"export: no {LORA_FILE}: {lora_skipped(adapter_dir)}")
+    elif lora and method != "full":
         print(f"export: {LORA_FILE} (llama.cpp convert_lora_to_gguf.py)")
         gguf_export.convert_lora(adapter_dir, base_dir, staging / LORA_FILE)
         base_gguf = work / "base-f32.gguf"  # the base to apply it to in the check; not shipped
@@ -76,6 +80,17 @@ def write(base_dir: Path, adapter_dir: Path, staging: Path, final_dir: Path, wor
                                     lora_file=staging / LORA_FILE,
                                     extra={"base_file_type": "f32"}))
     return contenders
+
+
+def lora_skipped(adapter_dir: Path) -> str | None:
+    """Why the adapter cannot be a GGUF LoRA, or None. llama.cpp's LoRA holds low-rank
+    pairs only: the token rows trained for tokens the base stage added (trainable tokens)
+    cannot go in it. The merged GGUFs carry them."""
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    if config.get("trainable_token_indices"):
+        return ("the adapter trains the rows of tokens added for the chat template, which a "
+                "llama.cpp LoRA cannot hold (the tuned GGUFs carry them)")
+    return None
 
 
 def scratch_folder():

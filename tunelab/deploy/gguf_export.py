@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tunelab.deploy import spm_vocab
 from tunelab.errors import DeployError
 
 # Where `make setup` unpacks the scripts; TUNELAB_LLAMA_CPP_DIR points elsewhere.
@@ -55,10 +56,12 @@ def last_error(stderr: str) -> str:
 
 
 def convert_model(model_dir: Path, out_file: Path, name: str) -> None:
-    """``model_dir`` (a transformers folder with its tokenizer) -> an f32 GGUF file."""
+    """``model_dir`` (a transformers folder with its tokenizer) -> an f32 GGUF file, its
+    SentencePiece scores repaired where the converter had no tokenizer.model (spm_vocab)."""
     run_script("convert_hf_to_gguf.py",
                [str(model_dir), "--outfile", str(out_file), "--outtype", "f32",
                 "--model-name", name], what=str(model_dir))
+    spm_vocab.repair(Path(out_file), Path(model_dir))
 
 
 def convert_lora(adapter_dir: Path, base_dir: Path, out_file: Path) -> None:

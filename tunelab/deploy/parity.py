@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tunelab.chat import reasoning, stops
 from tunelab.data import encoding
 from tunelab.deploy import llama_runtime
 from tunelab.eval import scoring
@@ -52,7 +53,8 @@ def transformers_speed(model, tokenizer, prompts: list[list[int]], max_new_token
         for ids in tqdm(prompts, desc="speed transformers"):
             start = time.perf_counter()
             output = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens,
-                                    do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                    do_sample=False,
+                                    eos_token_id=stops.stop_ids(tokenizer, model.generation_config),
                                     pad_token_id=tokenizer.pad_token_id)
             seconds += time.perf_counter() - start
             tokens += output.shape[1] - len(ids)
@@ -91,7 +93,7 @@ def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
             prompt = llama_runtime.chat_prompt_tokens(llm, messages, tools)
             differ += prompt != trained
             generation = llama_runtime.generate(llm, prompt, max_new_tokens)
-            answers.append(generation.text)
+            answers.append(reasoning.split(generation.text, llama_runtime.chat_template(llm))[1])
             if i < speed_examples:
                 tokens += len(generation.token_ids)
                 seconds += generation.seconds

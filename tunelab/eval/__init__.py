@@ -4,6 +4,6 @@ Owns generating answers and the completion loss on a test split (evaluation), sc
 answer against its reference (scoring), the GRPO reward built from those same checks
 (reward), answering one prompt for `tunelab generate` (inference) and the names and
 directions of metrics (metric_names). May import tunelab.data, tunelab.models,
-tunelab.config, tunelab.util and tunelab.errors.
+tunelab.chat, tunelab.config, tunelab.util and tunelab.errors.
 (The package is `eval`, not a module of that name: nothing here shadows a builtin import.)
 """

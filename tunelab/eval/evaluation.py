@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from tunelab.chat import reasoning, stops
 from tunelab.data import encoding
 from tunelab.eval import reward, scoring
 
@@ -98,7 +99,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
 
 
 def decode_answers(tokenizer, answer_ids: list[list[int]]) -> list[str]:
-    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answer_ids]
+    """The answers' text, a leading think block taken off (tunelab.chat.reasoning)."""
+    return [reasoning.split(tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                            tokenizer.chat_template)[1] for ids in answer_ids]
 
 
 @torch.no_grad()
@@ -125,7 +128,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     sampling = sampling or {"do_sample": False}
     if cache_implementation:
         sampling["cache_implementation"] = cache_implementation
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad, ends = tokenizer.pad_token_id, stops.stop_ids(tokenizer, model.generation_config)
     device = model.device
     prefix = common_prefix(prompts) if share_prefix else []
     prefix_cache = prefill_cache(model, prefix) if prefix else None
@@ -148,9 +151,9 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
             prefilled["cache"].batch_repeat_interleave(len(rows))
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                                 max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                eos_token_id=eos, **prefilled, **sampling)
+                                eos_token_id=ends, **prefilled, **sampling)
         for index, new_ids in zip(rows, output[:, input_ids.shape[1]:].tolist()):
-            answers[index] = new_ids[:new_ids.index(eos) + 1] if eos in new_ids else new_ids
+            answers[index] = stops.cut_at_stop(new_ids, ends)
     return answers
 
 

@@ -7,4 +7,4 @@ runner, ``sweep_record`` a sweep's record, ``sweep_report`` the ranking and HTML
 (the regression gate of `tunelab check`), ``watch`` and ``promotion`` (continuous learning:
 ingest, run, promote as a registry version), ``verify`` (`tunelab verify-repro`) and
 ``compare_runs`` (`tunelab compare-runs`). It may import tunelab.eval, report, train, data,
-config, util and errors; never tunelab.cli, which imports it."""
+chat, config, util and errors; never tunelab.cli, which imports it."""

@@ -56,6 +56,15 @@ def load_base(base_dir: str | Path, quantization: QuantizationParams | None = No
         dtype=COMPUTE_DTYPES[precision])
 
 
+def generation_config(model_dir: str | Path):
+    """The folder's GenerationConfig (its stop ids among others); None where it has none."""
+    from transformers import GenerationConfig
+
+    if not (Path(model_dir) / "generation_config.json").is_file():
+        return None
+    return GenerationConfig.from_pretrained(model_dir)
+
+
 def write_train_info(out_dir: str | Path, method: str, precision: str,
                      quantization: QuantizationParams | None) -> None:
     info = {"method": method, "precision": precision,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ModelSourceError
+from tunelab.models import templates
 from tunelab.util.files import atomic_path
 
 # Built-in names map to a GGUF shipped inside a Python package: no download at run time.
@@ -82,8 +83,9 @@ def resolve(base: str) -> ModelSource:
     return ModelSource("hub", base)
 
 
-def materialise(base: str, out_dir: str | Path) -> dict:
-    """Write the base model + tokenizer to ``out_dir`` as safetensors; return its metadata."""
+def materialise(base: str, out_dir: str | Path, chat_template: str = "auto") -> dict:
+    """Write the base model + tokenizer (with the chat template ``model.chat_template``
+    chooses, tunelab.models.templates) to ``out_dir`` as safetensors; return its metadata."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,6 +103,7 @@ def materialise(base: str, out_dir: str | Path) -> dict:
         loaded = plain
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    chosen = templates.apply(chat_template, tokenizer, loaded)
     loaded.generation_config.pad_token_id = tokenizer.pad_token_id
     info = {
         "base": base,
@@ -110,6 +113,7 @@ def materialise(base: str, out_dir: str | Path) -> dict:
         "parameters": sum(p.numel() for p in loaded.parameters()),
         "eos_token": tokenizer.eos_token,
         "has_chat_template": bool(tokenizer.chat_template),
+        **chosen,
     }
     with atomic_path(out_dir) as tmp:
         loaded.save_pretrained(tmp, safe_serialization=True)

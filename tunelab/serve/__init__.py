@@ -5,5 +5,5 @@ behind it: one base and its adapters with transformers (engine) or GGUF files wi
 llama.cpp (gguf_engine), what they share (jobs: the worker-thread jobs, the pending
 limit, token ids to text), and the request and response schemas (schemas). May import
 tunelab.deploy (llama_runtime: the llama.cpp the parity check uses), tunelab.eval,
-tunelab.models, tunelab.data, tunelab.config, tunelab.util and tunelab.errors.
+tunelab.models, tunelab.data, tunelab.chat, tunelab.config, tunelab.util and tunelab.errors.
 """

@@ -17,6 +17,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from tunelab.chat import stops
 from tunelab.data import encoding
 from tunelab.serve.jobs import DEFAULT_MAX_PENDING, Job, JobRunner, TextAssembler, finish
 from tunelab.serve.schemas import ApiError, ResponseFormat, model_not_found
@@ -56,8 +57,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.base_name, self.adapter_names = base_name, list(adapter_names)
         self.max_context = getattr(model.config, "max_position_embeddings", None)
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.eos_ids = set(stops.stop_ids(tokenizer, model.generation_config))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
         self._jobs = JobRunner(max_pending)
@@ -84,6 +84,9 @@ class Engine:
 
     def text_prompt(self, model: str, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])
+
+    def chat_template(self, model: str) -> str | None:
+        return self.tokenizer.chat_template
 
     def constraint(self, model: str, response_format: ResponseFormat | None) -> None:
         """Plain text only: constrained decoding would need a dependency transformers

@@ -285,15 +285,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def chat_response(model: str, text: str, finish_reason: str, prompt_tokens: int,
-                  completion_tokens: int, calls: list[dict] | None = None) -> dict:
+                  completion_tokens: int, calls: list[dict] | None = None,
+                  reasoning_text: str = "") -> dict:
     """``calls`` (tunelab.data.tool_calls' shape) go out as OpenAI's ``tool_calls``, the
     text beside them as ``content`` (null when there is none), finish reason tool_calls
-    (unless the answer was cut at the token limit)."""
+    (unless the answer was cut at the token limit); a reasoning model's think block as
+    ``reasoning_content`` (the field vLLM and DeepSeek's API use), where it wrote one."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message = {"role": "assistant", "content": text or None,
                    "tool_calls": [wire_call(call) for call in calls]}
         finish_reason = "length" if finish_reason == "length" else "tool_calls"
+    if reasoning_text:
+        message["reasoning_content"] = reasoning_text
     return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None,

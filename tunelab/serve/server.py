@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.chat import reasoning
 from tunelab.data import tool_calls
 from tunelab.deploy.llama_runtime import DEFAULT_CONTEXT
 from tunelab.serve.schemas import (ApiError, ChatCompletionRequest, CompletionRequest,
@@ -152,9 +153,10 @@ def create_app(engine, api_key: str | None = None,
         if not chat:
             return completion_response(body.model, text, finish_reason, prompt_tokens,
                                        completion_tokens)
+        thought, text = reasoning.split(text, engine.chat_template(body.model))
         text, calls = tool_calls.parse_calls(text, tool_names) if tool_names else (text, [])
         return chat_response(body.model, text, finish_reason, prompt_tokens, completion_tokens,
-                             calls)
+                             calls, thought)
 
     return app
 

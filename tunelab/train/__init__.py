@@ -8,6 +8,6 @@ checkpoints a killed run resumes from and their fingerprints (checkpoints), and 
 that stop a diverging or out-of-memory run with one line naming the knob (guards). It also
 owns alignment after SFT: DPO, ORPO, KTO or GRPO training the SFT adapter on, against the
 SFT model as reference (align; the TRL datasets in align_data). May import tunelab.data,
-tunelab.models, tunelab.config, tunelab.util and tunelab.errors; never evaluation,
+tunelab.models, tunelab.chat, tunelab.config, tunelab.util and tunelab.errors; never evaluation,
 reporting, experiments or the CLI.
 """

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
 from tunelab.config.params import TrainParams
 from tunelab.data import encoding
-from tunelab.models import loading
+from tunelab.models import loading, templates
 from tunelab.train import guards, run_support, speedups
 
 
@@ -87,12 +87,28 @@ def sft_config(p: TrainParams, checkpoint_dir: str | Path, precision: str, has_e
     )
 
 
-def lora_config(p: TrainParams):
+def lora_config(p: TrainParams, trainable_rows: dict[str, list[int]] | None = None):
+    """PEFT's LoRA config; ``trainable_rows`` (new_token_rows) train as PEFT's trainable
+    tokens: those rows alone, the rest of each matrix stays frozen."""
     from peft import LoraConfig
 
     return LoraConfig(r=p.lora.r, lora_alpha=p.lora.alpha, lora_dropout=p.lora.dropout,
                       target_modules=p.lora.target_modules, use_dora=p.lora.use_dora,
-                      use_rslora=p.lora.use_rslora, task_type="CAUSAL_LM")
+                      use_rslora=p.lora.use_rslora, task_type="CAUSAL_LM",
+                      trainable_token_indices=trainable_rows or None)
+
+
+def new_token_rows(model, new_token_ids: list[int]) -> dict[str, list[int]] | None:
+    """{module name: ids} for the rows of tokens the base stage added for the chat template
+    (tunelab.models.templates): the input embedding's and, where the output layer is not
+    tied to it, the output layer's, so the model can both read and write them."""
+    if not new_token_ids:
+        return None
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    if layers[1] is None or layers[1].weight is layers[0].weight:
+        layers = layers[:1]  # tied: PEFT updates the output rows with the input ones
+    names = {id(module): name for name, module in model.named_modules()}
+    return {names[id(layer)].rsplit(".", 1)[-1]: list(new_token_ids) for layer in layers}
 
 
 def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
@@ -102,12 +118,13 @@ def model_to_train(p: TrainParams, base_dir: str | Path, precision: str):
     else:
         model = run_support.adapter_base(base_dir, precision,
                              p.quantization if p.method == "qlora" else None)
-    return ready_for_training(p, model, precision)
+    return ready_for_training(p, model, precision, templates.added_token_ids(base_dir))
 
 
-def ready_for_training(p: TrainParams, model, precision: str):
+def ready_for_training(p: TrainParams, model, precision: str, new_token_ids: list[int] = ()):
     """(model, PEFT config or None) for a loaded ``model``, as ``p.method`` trains it (the
-    GPU check builds its random 8B model itself and comes in here)."""
+    GPU check builds its random 8B model itself and comes in here); ``new_token_ids``:
+    lora_config's."""
     if p.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -116,12 +133,12 @@ def ready_for_training(p: TrainParams, model, precision: str):
             # in the compute dtype (the 4-bit storage is that dtype too, loading.bnb_config).
             if p.gradient_checkpointing:
                 model.enable_input_require_grads()
-            return model, lora_config(p)
+            return model, lora_config(p, new_token_rows(model, new_token_ids))
         # Casts norms to fp32 and makes input embeddings require grads, as k-bit training needs.
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=p.gradient_checkpointing)
-        return model, lora_config(p)
-    return model, (lora_config(p) if p.method == "lora" else None)
+        return model, lora_config(p, new_token_rows(model, new_token_ids))
+    return model, (lora_config(p, new_token_rows(model, new_token_ids)) if p.method == "lora" else None)
 
 
 def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
