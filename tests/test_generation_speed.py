@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tunelab.bench import generation_speed
+from tunelab.chat import stops
 from tunelab.data import encoding
 from tunelab.errors import DataError
 from tunelab.eval import evaluation
@@ -73,7 +74,8 @@ class EchoModel:
                  **sampling):
         self.batches.append([row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)])
         last = input_ids[:, -1:]
-        return torch.cat([input_ids, last, torch.full_like(last, eos_token_id),
+        eos = eos_token_id[0]  # evaluation passes its stop ids (tunelab.chat.stops)
+        return torch.cat([input_ids, last, torch.full_like(last, eos),
                           torch.full_like(last, pad_token_id)], dim=1)
 
 
@@ -96,11 +98,13 @@ def test_an_answer_ends_at_its_first_eos_with_no_padding_after_it(tiny):
     stop = evaluation.generate_ids(model, tokenizer, prompts[:1], MAX_NEW_TOKENS, 1)[0][1]
     assert stop != tokenizer.pad_token_id
     stopping = types.SimpleNamespace(pad_token_id=tokenizer.pad_token_id, eos_token_id=stop)
+    # Evaluation stops on the model's stop ids: that EOS and the generation config's.
+    ends = stops.stop_ids(stopping, model.generation_config)
     expected = []  # transformers alone, one prompt at a time: it stops at EOS, nothing pads
     for prompt in prompts:
         output = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=MAX_NEW_TOKENS,
                                 do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=stop)
+                                eos_token_id=ends)
         expected.append(output[0, len(prompt):].tolist())
     assert expected[0][-1] == stop and len(expected[0]) <= 2
     assert any(len(answer) == MAX_NEW_TOKENS for answer in expected)  # so the batch pads row 0

@@ -121,12 +121,19 @@ def test_unknown_target_module_is_a_params_error(tiny_base_dir, tmp_path):
                        tmp_path / "adapter", tmp_path / "live", tmp_path / "ckpt")
 
 
-@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512_bf16", "bf16"), ("fpu avx2", "fp32")])
-def test_auto_precision_follows_cpu_bf16_support(monkeypatch, flags, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(run_support, "cpu_supports_bf16", lambda: "avx512_bf16" in flags)
+@pytest.mark.parametrize("cuda, gpu_bf16, cpu_bf16, expected", [
+    (False, False, True, "fp32"),   # a CPU with AVX512-BF16: still fp32, comparable runs
+    (False, False, False, "fp32"),
+    (True, True, False, "bf16"),    # an Ampere or later GPU
+    (True, False, False, "fp16"),   # a GPU without bf16 (T4, V100)
+])
+def test_auto_precision_fits_where_it_runs(monkeypatch, cuda, gpu_bf16, cpu_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu_bf16)
+    monkeypatch.setattr(run_support, "cpu_supports_bf16", lambda: cpu_bf16)
     assert run_support.resolve_precision("auto") == expected
     assert run_support.resolve_precision("fp32") == "fp32"
+    assert TrainParams().precision == "auto"  # the default
 
 
 def test_generate_cli_prints_base_and_tuned_answers(trained, tiny_base_dir, capsys):

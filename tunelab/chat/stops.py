@@ -56,7 +56,8 @@ def stop_ids(tokenizer, generation_config=None) -> list[int]:
     ids = [tokenizer.eos_token_id]
     configured = getattr(generation_config, "eos_token_id", None)
     ids += configured if isinstance(configured, list) else [configured]
-    ids.append(end_of_turn_id(tokenizer))
+    if getattr(tokenizer, "chat_template", None):
+        ids.append(end_of_turn_id(tokenizer))
     return list(dict.fromkeys(token for token in ids if token is not None))
 
 

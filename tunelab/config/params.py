@@ -152,7 +152,7 @@ class TrainParams(Section):
     train_on: TrainOn = "all_assistant"
     text_stride: Int = Field(0, ge=0)
     seed: Int = 42
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     gradient_checkpointing: Bool = False
     packing: Bool = False
     padding_free: Bool = True
@@ -210,7 +210,7 @@ class AlignParams(Section):
     gradient_accumulation: Int = Field(4, gt=0)
     max_length: Int = Field(512, gt=0)
     seed: Int = 42
-    precision: Precision = "fp32"
+    precision: Precision = "auto"
     loss_type: Str = "sigmoid"
     num_generations: Int = Field(4, ge=2)
     max_completion_length: Int = Field(64, gt=0)

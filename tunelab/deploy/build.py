@@ -86,7 +86,8 @@ def lora_skipped(adapter_dir: Path) -> str | None:
     """Why the adapter cannot be a GGUF LoRA, or None. llama.cpp's LoRA holds low-rank
     pairs only: the token rows trained for tokens the base stage added (trainable tokens)
     cannot go in it. The merged GGUFs carry them."""
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}  # full: none
     if config.get("trainable_token_indices"):
         return ("the adapter trains the rows of tokens added for the chat template, which a "
                 "llama.cpp LoRA cannot hold (the tuned GGUFs carry them)")

@@ -128,7 +128,8 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     sampling = sampling or {"do_sample": False}
     if cache_implementation:
         sampling["cache_implementation"] = cache_implementation
-    pad, ends = tokenizer.pad_token_id, stops.stop_ids(tokenizer, model.generation_config)
+    pad = tokenizer.pad_token_id
+    ends = stops.stop_ids(tokenizer, getattr(model, "generation_config", None))
     device = model.device
     prefix = common_prefix(prompts) if share_prefix else []
     prefix_cache = prefill_cache(model, prefix) if prefix else None
