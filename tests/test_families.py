@@ -261,3 +261,27 @@ def test_a_phi3_architecture_without_tokenizer_model_is_refused_in_one_line(tmp_
     with pytest.raises(DeployError, match=r"phi3: llama.cpp's convert_hf_to_gguf.py failed: "
                                           r"ValueError: Error: Missing .*/tokenizer.model$"):
         gguf_export.convert_model(base, tmp_path / "phi3.gguf", "phi3")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_qlora_trains_and_merges_into_the_dequantized_base(family_run, name, tmp_path):
+    """QLoRA on the family's models/base (its template and added tokens): a few steps on
+    the same data, then `tunelab export`'s merge, checked against the adapter on the
+    dequantized base and on the 4-bit base it was trained on."""
+    from tunelab.adapters import export
+    from tunelab.config.params import LoraParams, TrainParams
+    from tunelab.train import training
+
+    repo = family_run(name)
+    p = TrainParams(method="qlora", learning_rate=3e-2, max_steps=2, batch_size=4,
+                    logging_steps=1, eval_steps=0, save_steps=0, warmup_ratio=0.0,
+                    lora=LoraParams(r=4, alpha=8, dropout=0.0))
+    summary = training.train(p, repo / "models/base", repo / "data/prepared/train.jsonl",
+                             repo / "data/prepared/val.jsonl", tmp_path / "adapter",
+                             tmp_path / "live", tmp_path / "checkpoints")
+    assert summary["train_loss"] > 0
+    merged = export.export_adapter(tmp_path / "adapter", tmp_path / "merged",
+                                   base=repo / "models/base", prompt_count=2,
+                                   prompts_file=repo / "data/prepared/test.jsonl")
+    assert merged["method"] == "qlora" and merged["max_abs_logit_diff"] <= 1e-3
+    assert merged["quantized"]["max_abs_logit_diff"] <= merged["quantized"]["tolerance"]
