@@ -60,8 +60,9 @@ def main(base_dir: str, adapter_dir: str, aligned_dir: str, test_file: str, eval
                               f"from the GGUF's chat template ({shown} of {result['examples']} "
                               f"examples); {gguf_dir} not written (export.allow_template_drift: "
                               "true to ship it anyway)")
-    if p.lora and build.lora_skipped(model_dir):
-        result["lora_skipped"] = build.lora_skipped(model_dir)
+    skipped = build.lora_skipped(model_dir) if p.lora else None
+    if skipped:
+        result["lora_skipped"] = skipped
     files.write_json_atomic(export_metrics, result)
     print(f"export: wrote {gguf_dir}/ and {export_metrics}; next: "
           f"ollama create NAME -f {gguf_dir}/{build.MODELFILE}")

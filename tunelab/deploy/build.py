@@ -69,8 +69,9 @@ def write(base_dir: Path, adapter_dir: Path, staging: Path, final_dir: Path, wor
     (staging / MODELFILE).write_text(ollama.modelfile(tuned_file(quantizations[0]), shape,
                                                       stop_texts, system_prompt, max_new_tokens))
     method = loading.read_train_info(adapter_dir).get("method", "lora")
-    if lora and method != "full" and lora_skipped(adapter_dir):
-        print(f"export: no {LORA_FILE}: {lora_skipped(adapter_dir)}")
+    skipped = lora_skipped(adapter_dir) if lora and method != "full" else None
+    if skipped:
+        print(f"export: no {LORA_FILE}: {skipped}")
     elif lora and method != "full":
         print(f"export: {LORA_FILE} (llama.cpp convert_lora_to_gguf.py)")
         gguf_export.convert_lora(adapter_dir, base_dir, staging / LORA_FILE)
