@@ -4,8 +4,10 @@ A model stops on any of: its tokenizer's EOS, every id in its generation config'
 ``eos_token_id`` (Llama 3 and Qwen list several), and the end-of-turn token its chat
 template writes after an assistant turn (``<|im_end|>``, ``<|eot_id|>``,
 ``<end_of_turn>``, ``<|end|>``...). Evaluation, the parity check, ensembles and the
-server stop on these ids; the base stage writes them into generation_config.json, which
-the GGUF conversion reads, and the Modelfile's ``PARAMETER stop`` lists their texts.
+server stop on these ids; the base stage writes them into generation_config.json, and the
+Modelfile's ``PARAMETER stop`` lists their texts. A GGUF stops on llama.cpp's own
+end-of-generation set, which holds every registered family's end-of-turn token
+(tests/test_families.py serves each one and checks that its answer stops).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def stop_ids(tokenizer, generation_config=None) -> list[int]:
 
 def stop_texts(tokenizer, generation_config=None) -> list[str]:
     """The stop ids as token texts (the Modelfile's ``PARAMETER stop`` values)."""
-    return [tokenizer.convert_ids_to_tokens(token) for token in stop_ids(tokenizer, generation_config)]
+    return [tokenizer.convert_ids_to_tokens(token)
+            for token in stop_ids(tokenizer, generation_config)]
 
 
 def cut_at_stop(token_ids: list[int], stops: list[int] | set[int]) -> list[int]:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, Field, RootModel, field_validator,
                       model_validator)
 
-from tunelab.chat.families import FAMILIES
+from tunelab.chat import families
 from tunelab.config.schema import (Bool, Float, Int, Names, Section, Str, StepLimit, choice,
                                    complaint, is_model, parse)
 from tunelab.errors import ParamsError
@@ -44,11 +44,14 @@ GgufType = choice("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_
 
 
 def _template_choice(value: str) -> str:
-    """auto, a .jinja file or a registered family (tunelab.chat.families)."""
-    if value == "auto" or value.endswith(".jinja") or value in FAMILIES:
+    """auto, a .jinja file or a registered family (families.family words the refusal)."""
+    if value == "auto" or value.endswith(".jinja"):
         return value
-    raise complaint(f"unknown chat template {value!r}{did_you_mean(value, FAMILIES)} (use auto, "
-                    f"a .jinja file, or one of {', '.join(FAMILIES)})")
+    try:
+        families.family(value)
+    except KeyError as err:
+        raise complaint(err.args[0]) from None
+    return value
 
 
 class ModelParams(Section):

@@ -15,8 +15,7 @@ token, deterministically; LoRA training then trains exactly those rows through P
 end-of-turn token it never saw. The ids of the added tokens are recorded in
 tunelab_base.json ("added_tokens").
 
-The stop ids (tunelab.chat.stops) go into the generation config, which generation and
-the GGUF conversion read.
+The stop ids (tunelab.chat.stops) go into the generation config, which generation reads.
 """
 
 from __future__ import annotations
@@ -89,7 +88,8 @@ def check_renders(tokenizer, what: str) -> None:
                                "conversation")
 
 
-def add_tokens(tokenizer, model, special: tuple[str, ...], plain: tuple[str, ...]) -> dict[str, int]:
+def add_tokens(tokenizer, model, special: tuple[str, ...],
+               plain: tuple[str, ...]) -> dict[str, int]:
     """Add the tokens the vocabulary lacks; {text: id} of those added."""
     from tokenizers import AddedToken
 
@@ -102,7 +102,8 @@ def add_tokens(tokenizer, model, special: tuple[str, ...], plain: tuple[str, ...
         tokenizer.add_special_tokens({"additional_special_tokens": missing_special},
                                      replace_extra_special_tokens=False)
     if missing_plain:
-        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing_plain])
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False)
+                              for t in missing_plain])
     added = {t: tokenizer.convert_tokens_to_ids(t) for t in missing_special + missing_plain}
     mean_resize(model, len(tokenizer))
     return added

@@ -68,8 +68,8 @@ class GgufEngine:
     def text_prompt(self, model: str, text: str) -> list[int]:
         return llama_runtime.text_tokens(self.models[model], text)
 
-    def chat_template(self, model: str) -> str | None:
-        return self.models[model].metadata.get("tokenizer.chat_template")
+    def chat_template(self, model: str) -> str:
+        return llama_runtime.chat_template(self.models[model])
 
     def constraint(self, model: str, response_format: ResponseFormat | None):
         """The llama.cpp grammar ``response_format`` asks for, or None for plain text.

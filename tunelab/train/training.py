@@ -138,7 +138,9 @@ def ready_for_training(p: TrainParams, model, precision: str, new_token_ids: lis
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=p.gradient_checkpointing)
         return model, lora_config(p, new_token_rows(model, new_token_ids))
-    return model, (lora_config(p, new_token_rows(model, new_token_ids)) if p.method == "lora" else None)
+    if p.method != "lora":
+        return model, None
+    return model, lora_config(p, new_token_rows(model, new_token_ids))
 
 
 def build_trainer(p: TrainParams, base_dir: str | Path, train_file: str | Path,
