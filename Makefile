@@ -36,7 +36,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# params.yaml checked first: its paths go into the stages' shell commands (the schema refuses
+# shell syntax in them), and a mistake is one line before any stage starts.
 run: setup
+	tunelab validate-config
 	dvc repro
 
 # tests/test_modelfile.py renders the Modelfile's TEMPLATE with Go's text/template, the engine
@@ -58,8 +61,12 @@ $(SKY_STAMP):
 	$(SKY_VENV)/bin/python -m pip install -q skypilot==$(SKYPILOT_VERSION)
 	touch $@
 
+# Two test processes (pytest-xdist), one per core: much of a test's time is one-core Python
+# (imports, DVC, GGUF conversion), so the second core would idle. --dist loadfile keeps each
+# file in one process, so a module's fixture (a pipeline run) is built once. TEST_WORKERS=0: one.
+TEST_WORKERS ?= 2
 test: setup go-toolchain skypilot-env
-	$(PYTHON) -m pytest -q --durations=15
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: setup
 	$(PYTHON) -m pytest -q -m "not e2e"

@@ -2,9 +2,11 @@
 
 Usage (dvc.yaml): python stages/prepare.py RAW_DIR BASE_DIR PREPARED_DIR DATA_METRICS
 Reads params `prepare` (RAW_DIR is prepare.raw_dir, interpolated by dvc.yaml) and
-train.max_length and train.train_on (for DATA_METRICS' "analysis") and train.reasoning
-(drop: reasoning is taken out of every example); writes
-PREPARED_DIR/{train,val,test}.jsonl and DATA_METRICS. RAW_DIR is only read.
+train.max_length and train.train_on (for DATA_METRICS' "analysis", and to set aside the
+examples no answer token of which fits) and train.reasoning (drop: reasoning is taken out
+of every example); writes PREPARED_DIR/{train,val,test}.jsonl, PREPARED_DIR/untrainable.jsonl
+(the examples set aside, in no split: the validate stage judges them) and DATA_METRICS.
+RAW_DIR is only read.
 """
 
 import sys
@@ -14,7 +16,7 @@ from transformers import AutoTokenizer
 from tunelab import pipeline
 from tunelab.chat import reasoning
 from tunelab.config import params
-from tunelab.data import analysis, columns, prepare
+from tunelab.data import analysis, columns, prepare, validation
 from tunelab.errors import DataError
 from tunelab.util import files
 
@@ -47,11 +49,30 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
         text_stride=train.text_stride, format_counts=analysis.count_formats(
             raw_files, p.format, p.text_split, columns.from_params(p, raw_dir)))
     figures = analyzed.figures
+    # An example whose prompt leaves no answer token within train.max_length leaves its
+    # split, so train never sees it; the validate stage judges the set-aside file
+    # (validate.untrainable: drop leaves them out, fail stops the run). Each example's split
+    # depends on it alone, so the others stay where they were.
+    untrainable = validation.untrainable_examples(unique, tokenizer, train.max_length,
+                                                  train.train_on)
+    set_aside = {example["source"] for example in untrainable}
+    kept = {name: [e for e in examples if e["source"] not in set_aside]
+            for name, examples in splits.items()}
+    emptied = [name for name in splits if splits[name] and not kept[name]]
+    if emptied:
+        named = (f"{emptied[0]} split" if len(emptied) == 1
+                 else f"{', '.join(emptied[:-1])} and {emptied[-1]} splits")
+        raise DataError(f"every example of the {named} "
+                        f"leaves no answer token within train.max_length={train.max_length} (the "
+                        f"first: {untrainable[0]['source']}); raise train.max_length (`tunelab "
+                        "analyze-data` shows the lengths)")
+    splits = kept
 
     with files.atomic_path(prepared_dir) as staging:
         staging.mkdir()
         for name, examples in splits.items():
             files.write_jsonl_atomic(staging / f"{name}.jsonl", examples)
+        files.write_jsonl_atomic(staging / prepare.UNTRAINABLE_FILE, untrainable)
     stats = {
         "files": loaded.files,
         "examples_read": len(loaded.examples),
@@ -70,6 +91,10 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
           f"{train.max_length}; max_length {figures['suggested_max_length']['p95']} covers p95, "
           f"{figures['suggested_max_length']['p99']} p99; {figures['duplicates']['near_pairs']} "
           f"near-duplicate pairs (`tunelab analyze-data` shows them)")
+    if untrainable:
+        print(f"prepare: {len(untrainable)} examples leave no answer token within train.max_length="
+              f"{train.max_length}: in no split, for the validate stage to judge "
+              "(validate.untrainable)")
     return 0
 
 

@@ -250,3 +250,86 @@ def test_a_multi_turn_file_through_prepare_and_validate_shows_every_answer_in_th
     answers = re.findall(r"\[\[(.*?)<\|im_end\|>\n\]\]", preview, re.DOTALL)
     n = len(answers[0].split())
     assert answers == [" ".join(map(str, range(1, n + 1))), " ".join(map(str, range(n, 0, -1)))]
+
+
+# LLaMA-Factory's glaive_toolcall demo shape: `tools` as a JSON string, ShareGPT turns with a
+# function_call and its observation. Issue 29: one record of the demo's 300 has a prompt longer
+# than max_length, and that one record stopped the whole run.
+GLAIVE_TOOLS = json.dumps([{"name": "get_weather", "description": "Weather of a city",
+                            "parameters": {"type": "object",
+                                           "properties": {"city": {"type": "string"}}}}])
+
+
+def glaive_record(question: str, city: str) -> dict:
+    return {"tools": GLAIVE_TOOLS, "conversations": [
+        {"from": "human", "value": question},
+        {"from": "function_call",
+         "value": json.dumps({"name": "get_weather", "arguments": {"city": city}})},
+        {"from": "observation", "value": json.dumps({"temperature": len(city)})},
+        {"from": "gpt", "value": f"It is {len(city)} degrees in {city}."}]}
+
+
+def test_an_over_long_record_is_left_out_of_training_not_the_whole_file(tmp_path, tokenizer_dir,
+                                                                         write_jsonl):
+    params_file = yaml.safe_load((REPO / "params.yaml").read_text())
+    params_file["prepare"]["group_by"] = ""  # these records have no `template`
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file, sort_keys=False))
+    shutil.copytree(tokenizer_dir, tmp_path / "models/base")
+    rows = [glaive_record(f"Weather in city number {n}?", f"City{n}") for n in range(40)]
+    rows.insert(6, glaive_record("Summarise, then check: " + "the long forecast says " * 60, "Oslo"))
+    raw = write_jsonl(tmp_path / "data/raw/glaive_toolcall_en_demo.jsonl", rows)
+    before = raw.read_bytes()
+
+    def run(stage):
+        return subprocess.run([sys.executable, str(REPO / f"stages/{stage}.py"),
+                               *stage_args(stage, tmp_path)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    prepared, validated = run("prepare"), run("validate")
+    assert (prepared.returncode, validated.returncode) == (0, 0), validated.stderr
+    long_one = "data/raw/glaive_toolcall_en_demo.jsonl:7"
+    sources = {name: [e["source"] for e in readers_jsonl(tmp_path / f"data/prepared/{name}.jsonl")]
+               for name in ("train", "val", "test", "untrainable")}
+    assert sources["untrainable"] == [long_one]  # in no split: train never sees it
+    assert sorted(s for name in ("train", "val", "test") for s in sources[name]) == sorted(
+        f"data/raw/glaive_toolcall_en_demo.jsonl:{line}" for line in range(1, 42) if line != 7)
+    warning = (f"{long_one}: the prompt alone is 477 tokens, so no answer token survives "
+               "train.max_length=256; left out of training (validate.untrainable=drop)")
+    assert validated.stderr == f"validate: warning: {warning}\n"
+    assert validated.stdout == ("validate: 40 examples OK, 0 truncated at max_length=256, 1 left "
+                                "out of training (validate.untrainable=drop)\n")
+    summary = json.loads((tmp_path / "metrics/validation.json").read_text())
+    assert (summary["dropped_untrainable"], summary["dropped_untrainable_examples"],
+            summary["examples_checked"], summary["warnings"]) == (1, [long_one], 41, [warning])
+    assert raw.read_bytes() == before  # the user's data is never changed
+
+    params_file["validate"]["untrainable"] = "fail"  # today's behaviour, on request
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file, sort_keys=False))
+    failed = run("validate")
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-2:] == [
+        f"{long_one}: the prompt alone is 477 tokens, so no answer token survives "
+        "train.max_length=256 (raise train.max_length or shorten it)",
+        "validate: error: 1 errors in the prepared data; fix the raw files and rerun"]
+
+    params_file["train"]["max_length"] = 100  # below every prompt: nothing could train
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file, sort_keys=False))
+    nothing = run("prepare")
+    assert nothing.returncode == 1
+    assert nothing.stderr.splitlines()[-1] == (
+        "prepare: error: every example of the train, val and test splits leaves no answer token "
+        f"within train.max_length=100 (the first: {long_one[:-1]}1); raise train.max_length "
+        "(`tunelab analyze-data` shows the lengths)")
+    # validate on the splits prepare wrote at 256 (as if it had not rerun) drops nothing
+    # that train would still read
+    params_file["validate"].update(untrainable="drop", max_dropped_ratio=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file, sort_keys=False))
+    stale = run("validate")
+    assert stale.returncode == 1
+    assert stale.stderr.splitlines()[-1] == (
+        f"validate: error: {long_one[:-1]}1: no answer token fits train.max_length=100, yet it is "
+        "in a split of data/prepared: rerun the prepare stage")
+
+
+def readers_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

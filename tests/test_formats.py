@@ -152,6 +152,57 @@ def test_record_errors(tmp_path, record, reason):
     assert record_error(tmp_path, record) == reason
 
 
+# --- loss flags on the messages that never carry loss (issue 29) -------------------
+
+def v1_message(role, text, loss_weight):
+    """A message as LLaMA-Factory's v1 data writes it (v1_sft_demo, v1_dpo_demo)."""
+    return {"role": role, "content": [{"type": "text", "value": text}], "loss_weight": loss_weight}
+
+
+def test_llama_factory_v1_sft_record_reads_with_zero_weights_on_system_and_user():
+    record = {"messages": [v1_message("system", "Be brief.", 0.0),
+                           v1_message("user", "Who are you?", 0.0),
+                           v1_message("assistant", "An AI assistant.", 1.0),
+                           v1_message("user", "Sure?", 0.0),
+                           v1_message("assistant", "Yes.", 0.0),
+                           v1_message("user", "Really?", 0.0),
+                           v1_message("assistant", "Really.", 1.0)]}
+    assert normalise(record, "auto", "v1_sft_demo.jsonl:1")["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "An AI assistant."},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Yes.", "train": False},
+        {"role": "user", "content": "Really?"},
+        {"role": "assistant", "content": "Really."}]
+
+
+@pytest.mark.parametrize("flag", [{"train": False}, {"loss_weight": 0}, {"weight": 0.0}])
+def test_opt_out_flag_on_user_system_and_tool_messages_is_accepted_and_dropped(flag):
+    record = {"tools": [{"name": "add", "parameters": {"type": "object"}}], "messages": [
+        {"role": "system", "content": "Be brief.", **flag},
+        {"role": "user", "content": "2+2?", **flag},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "add", "arguments": {}}]},
+        {"role": "tool", "content": "4", **flag},
+        {"role": "assistant", "content": "4"}]}
+    messages = normalise(record, "chat", "f:1")["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert not any("train" in m or "loss_weight" in m or "weight" in m for m in messages)
+
+
+@pytest.mark.parametrize("record", [
+    {"messages": [{"role": "user", "content": "a", "loss_weight": 1.0},
+                  {"role": "assistant", "content": "b"}]},
+    {"messages": [{"role": "user", "content": "a", "train": True},
+                  {"role": "assistant", "content": "b"}]},
+    {"conversations": [{"from": "human", "value": "a", "weight": 1},
+                       {"from": "gpt", "value": "b"}]},
+])
+def test_a_loss_flag_asking_for_loss_on_a_user_message_is_refused(tmp_path, record):
+    assert record_error(tmp_path, record) == (
+        "only assistant messages carry loss; drop the loss flag in message 1")
+
+
 # --- files ------------------------------------------------------------------------
 
 def test_jsonl_blank_lines_keep_true_line_numbers(tmp_path):

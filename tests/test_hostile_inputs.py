@@ -114,8 +114,8 @@ DATA_CASES = [
     ("every answer opted out", "a.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
      b'{"role": "assistant", "content": "a", "train": false}]}\n',
      ":1: every assistant message is opted out of the loss; nothing would train"),
-    ("loss flag on a user turn", "a.jsonl", b'{"messages": [{"role": "user", "content": "q", '
-     b'"train": false}, {"role": "assistant", "content": "a"}]}\n',
+    ("loss asked of a user turn", "a.jsonl", b'{"messages": [{"role": "user", "content": "q", '
+     b'"train": true}, {"role": "assistant", "content": "a"}]}\n',
      ":1: only assistant messages carry loss; drop the loss flag in message 1"),
     ("text file not UTF-8", "a.md", b"# Notes\ncaf\xe9\n", ":2: not valid UTF-8"),
     ("text file blank", "a.txt", b"\n \n", ": empty file"),
@@ -261,6 +261,25 @@ PARAMS_CASES = [
      "train.reasoning: must be one of keep, drop, got 'strip'"),
     ("stride past the window", "train.text_stride", 300, "train.text_stride: must be at most "
      "train.max_length (256), got 300: a longer step would skip tokens between windows"),
+    # Paths dvc.yaml writes into a shell cmd (${prepare.raw_dir}, ${align.data},
+    # "${evaluate.heldout}"): refused by the schema, not only by DVC's check that a dep exists.
+    ("shell syntax in raw_dir", "prepare.raw_dir", "data/raw;id", "prepare.raw_dir: "
+     "'data/raw;id' has ';', which the shell running the stage's dvc.yaml cmd could read as "
+     "syntax (use letters, digits, _ - . /)"),
+    ("shell syntax in align.data", "align.data", "data/preferences;touch x", "align.data: "
+     "'data/preferences;touch x' has ';', which the shell running the stage's dvc.yaml cmd "
+     "could read as syntax (use letters, digits, _ - . /)"),
+    ("command substitution in heldout", "evaluate.heldout", "$(touch x)", "evaluate.heldout: "
+     "'$(touch x)' has '$', which the shell running the stage's dvc.yaml cmd could read as "
+     "syntax (use letters, digits, _ - . /)"),
+    ("space in a data path", "align.data", "data/my prefs", "align.data: 'data/my prefs' has a "
+     "space, which would split the stage's shell command (dvc.yaml cmd) into two arguments "
+     "(use _ or - instead)"),
+    ("absolute raw_dir", "prepare.raw_dir", "/etc", "prepare.raw_dir: '/etc' is an absolute "
+     "path (give one relative to the repository: DVC tracks files inside it)"),
+    ("heldout outside the repo", "evaluate.heldout", "data/../../t.jsonl", "evaluate.heldout: "
+     "'data/../../t.jsonl' has a '..' part, which can lead out of the repository (give the "
+     "path inside it without '..')"),
 ]
 
 
@@ -297,6 +316,28 @@ def test_invalid_yaml_names_the_line(workspace, capsys):
     assert cli.main(["validate-config"]) == 1
     assert capsys.readouterr().err.startswith("tunelab validate-config: error: params.yaml:4: "
                                               "invalid YAML")
+
+
+def test_path_params_take_ordinary_paths_and_sweeps_check_them_too(tmp_path):
+    from tunelab.config import params, sweep_file
+    from tunelab.config.schema import parse
+    from tunelab.errors import ParamsError
+
+    assert parse(params.PrepareParams, {"raw_dir": "data/raw-v2/part_1.jsonl"}, "prepare",
+                 "params.yaml").raw_dir == "data/raw-v2/part_1.jsonl"
+    assert parse(params.EvaluateParams, {"heldout": ""}, "evaluate", "params.yaml").heldout == ""
+    with pytest.raises(ParamsError) as refused:  # "" is "none" for evaluate.heldout only
+        parse(params.PrepareParams, {"raw_dir": ""}, "prepare", "params.yaml")
+    assert str(refused.value) == ("params.yaml: prepare.raw_dir: '' is empty (name a file or "
+                                  "folder inside the repository)")
+    sweep = tmp_path / "x.yaml"
+    sweep.write_text("name: x\nmetric: tuned.loss\nsearch_space:\n"
+                     "  prepare.raw_dir: [data/raw, 'data/raw`id`']\n")
+    with pytest.raises(sweep_file.SweepError) as refused:  # trials run `dvc exp run -S` with it
+        sweep_file.load(sweep)
+    assert str(refused.value) == (f"{sweep}: search_space: prepare.raw_dir: 'data/raw`id`' has "
+                                  "'`', which the shell running the stage's dvc.yaml cmd could "
+                                  "read as syntax (use letters, digits, _ - . /)")
 
 
 def test_target_modules_absent_from_the_model(workspace, capsys, tiny_base_dir):

@@ -29,6 +29,11 @@ def user(text):
     return {"role": "user", "content": text}
 
 
+def v1_message(role, text, loss_weight):
+    """A message as LLaMA-Factory's v1 data writes it."""
+    return {"role": role, "content": [{"type": "text", "value": text}], "loss_weight": loss_weight}
+
+
 def assistant(text):
     return {"role": "assistant", "content": text}
 
@@ -89,6 +94,21 @@ SHAPES = [
     ("kto, messages prompt, message completion",
      {"messages": [SYSTEM, user("2+2?")], "completion": [assistant("5")], "label": False},
      {"prompt": [SYSTEM, user("2+2?")], "completion": [assistant("5")], "label": False}),
+    # LLaMA-Factory's demo files (issue 29): v1_dpo_demo puts content parts and a loss weight
+    # on every message; kto_en_demo's answer is the last of its messages.
+    ("llama-factory v1 dpo, loss weights on every message",
+     {"chosen_messages": [v1_message("user", "2+2?", 0.0), v1_message("assistant", "4", 1.0)],
+      "rejected_messages": [v1_message("user", "2+2?", 0.0), v1_message("assistant", "5", 1.0)]},
+     GOOD_EXAMPLE),
+    ("llama-factory kto, the last message is the answer",
+     {"messages": [{"content": "2+2?", "role": "user"}, {"content": "4", "role": "assistant"}],
+      "label": True},
+     {"prompt": [user("2+2?")], "completion": [assistant("4")], "label": True}),
+    ("llama-factory kto, multi-turn",
+     {"messages": [user("2+2?"), assistant("4"), user("And 3+3?"), assistant("7")],
+      "label": False},
+     {"prompt": [user("2+2?"), assistant("4"), user("And 3+3?")], "completion": [assistant("7")],
+      "label": False}),
 ]
 
 
@@ -177,6 +197,11 @@ ERRORS = [
     ({"completion": "4", "label": True}, "missing field 'prompt' (or 'messages')"),
     ({"prompt": "2+2?", "completion": [user("4")], "label": True},
      "'completion' must be the assistant's answer, but its message 1 has role 'user'"),
+    ({"messages": [user("2+2?"), assistant("4"), user("Sure?")], "label": True},
+     "'messages' must end with the assistant's answer when the record has no 'completion'"),
+    ({"chosen_messages": [v1_message("user", "2+2?", 1.0), v1_message("assistant", "4", 1.0)],
+      "rejected_messages": [v1_message("user", "2+2?", 0.0), v1_message("assistant", "5", 1.0)]},
+     "chosen_messages: only assistant messages carry loss; drop the loss flag in message 1"),
 ]
 
 
@@ -272,6 +297,81 @@ def test_check_lengths_counts_only_the_answer_not_the_prompts_assistant_turns(to
     assert check_lengths([pair], tokenizer, 84) == [
         "f:1: the prompt takes 84 tokens: nothing of the answer fits in max_length 84"]
     assert check_lengths([pair], tokenizer, 85) == []
+
+
+# --- `tunelab validate-data` on preference files (issue 29) ---------------------------
+# Records in the shapes of LLaMA-Factory's demo files, each file as the demo is (a JSON array).
+
+DPO_EN_DEMO = [  # ShareGPT: the prompt's turns, then each side as one from/value turn
+    {"conversations": [{"from": "human", "value": "2+2?"}],
+     "chosen": {"from": "gpt", "value": "4"}, "rejected": {"from": "gpt", "value": "5"}},
+    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "3+3?"}],
+     "chosen": {"from": "gpt", "value": "6"}, "rejected": {"from": "gpt", "value": "Seven"}}]
+V1_DPO_DEMO = [
+    {"chosen_messages": [v1_message("user", "2+2?", 0.0), v1_message("assistant", "4", 1.0)],
+     "rejected_messages": [v1_message("user", "2+2?", 0.0), v1_message("assistant", "5", 1.0)]}]
+KTO_EN_DEMO = [  # messages whose last is the answer, and the thumbs up or down
+    {"messages": [{"content": "2+2?", "role": "user"}, {"content": "4", "role": "assistant"}],
+     "label": True},
+    {"messages": [{"content": "3+3?", "role": "user"}, {"content": "7", "role": "assistant"}],
+     "label": False},
+    {"messages": [user("2+2?"), assistant("4"), user("Times 2?"), assistant("8")], "label": True}]
+ALIGN_READER = "read as the align stage reads them"
+
+
+@pytest.fixture
+def run_validate_data(tmp_path, monkeypatch, capsys):
+    """`tunelab validate-data ARGS` where no params.yaml is (the schema's defaults apply)."""
+    from tunelab.cli import app as cli
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args) -> tuple[int, str, str]:
+        code = cli.main(["validate-data", *map(str, args)])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def test_validate_data_reads_llama_factory_preference_files_as_the_align_stage(
+        tmp_path, tokenizer_dir, run_validate_data):
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "2+2?", "completion": "4"}])
+    found = {}
+    for name, records in (("dpo_en_demo", DPO_EN_DEMO), ("v1_dpo_demo", V1_DPO_DEMO),
+                          ("kto_en_demo", KTO_EN_DEMO)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(records, indent=2), encoding="utf-8")
+        found[name] = run_validate_data(path, sft, "--base", tokenizer_dir)
+    sft_line = "OK: 1 examples in 1 files (0 longer than max_length=256)\n"
+    fits = f"in 1 files ({ALIGN_READER}; answers fit max_length=512)\n"
+    assert found == {
+        "dpo_en_demo": (0, sft_line + f"OK: 2 preference pairs {fits}", ""),
+        "v1_dpo_demo": (0, sft_line + f"OK: 1 preference pairs {fits}", ""),
+        "kto_en_demo": (0, sft_line + f"OK: 3 KTO examples (2 up, 1 down) {fits}", "")}
+
+
+def test_validate_data_names_a_preference_prompt_too_long_for_max_length(
+        tmp_path, tokenizer_dir, run_validate_data):
+    path = tmp_path / "dpo_en_demo.json"  # a record a line: the first is on line 2
+    path.write_text("[\n" + ",\n".join(map(json.dumps, DPO_EN_DEMO)) + "\n]\n", encoding="utf-8")
+    # "2+2?" is 34 prompt tokens with SmolLM2's default system message; "Be brief." + "3+3?" 21
+    assert run_validate_data(path, "--base", tokenizer_dir, "--max-length", 30) == (
+        1, "", f"{path}:2: the prompt takes 34 tokens: nothing of the answer fits in max_length 30\n"
+               "1 errors in 1 files\n")
+
+
+def test_validate_data_preferences_flag_reads_every_file_with_the_align_reader(
+        tmp_path, run_validate_data):
+    path = write_jsonl(tmp_path / "kto.jsonl", KTO_EN_DEMO[:2])
+    note = "note: models/base not found; token checks skipped (run `dvc repro base`)\n"
+    assert run_validate_data(path) == (0, f"OK: 2 KTO examples (1 up, 1 down) in 1 files "
+                                          f"({ALIGN_READER})\n", note)
+    # the first record decides a file's reader; --preferences reads all files so
+    prompt_completion = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2?", "completion": "4"}])
+    assert run_validate_data(prompt_completion) == (
+        0, "OK: 1 examples in 1 files (0 longer than max_length=256)\n", note)
+    assert run_validate_data(prompt_completion, "--preferences") == (
+        1, "", f"{note}{prompt_completion}:1: missing field 'label'\n1 errors in 1 files\n")
 
 
 # --- split --------------------------------------------------------------------

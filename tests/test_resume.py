@@ -11,13 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tunelab.train import checkpoints
+from tunelab.config import params
+from tunelab.errors import ParamsError
+from tunelab.train import checkpoints, run_support
 from tunelab.util import files
 from conftest import stage_args
 
@@ -171,7 +174,8 @@ def test_checkpoints_of_other_params_are_never_resumed(uninterrupted, tiny_base_
     shutil.rmtree(workspace / "models/adapter")
     run_stage_in_process(workspace, monkeypatch)
     out = capsys.readouterr().out
-    assert "2 checkpoints in models/checkpoints/ are from other params or data" in out
+    assert ("train: 2 checkpoints in models/checkpoints/ do not match this run (changed: "
+            "params); deleting them and starting fresh") in out
     assert "resuming" not in out
     steps = curves(workspace)["metrics/train/plots/metrics/loss.tsv"]
     assert [s for s, _ in steps] == [1, 2]
@@ -190,3 +194,65 @@ def test_dvc_yaml_keeps_checkpoints_between_runs():
             (out.items() if isinstance(out, dict) else [(out, {})])}
     assert outs["models/checkpoints"] == {"persist": True, "cache": False}
     assert outs["metrics/env.json"] == {"cache": False}
+
+
+def resume(tmp_path: Path):
+    """resume_point of the default train params on tmp_path's base, data and checkpoints."""
+    return run_support.resume_point(params.TrainParams(), tmp_path / "base",
+                                    [tmp_path / "train.jsonl"], tmp_path / "checkpoints",
+                                    tmp_path / "live", writer=True)
+
+
+@pytest.fixture
+def one_checkpoint(tmp_path, capsys) -> Path:
+    """A base folder (its files only: nothing loads it), data and a complete checkpoint-1
+    that an unchanged run resumes."""
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base/config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "base/tunelab_base.json").write_text('{"base": "tiny-llama"}')
+    (tmp_path / "base/model.safetensors").write_bytes(b"weights")
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    _, keeper = resume(tmp_path)
+    saved = tmp_path / "checkpoints/checkpoint-1"
+    saved.mkdir()
+    (saved / "trainer_state.json").write_text("{}")
+    checkpoints.mark_complete(saved, keeper.fingerprint, tmp_path / "live", 0.5)
+    assert resume(tmp_path)[0] == saved
+    capsys.readouterr()
+    return tmp_path
+
+
+def stale_message(checkpoint_dir: Path, changed: str) -> str:
+    return (f"train: 1 checkpoints in {checkpoint_dir}/ do not match this run (changed: "
+            f"{changed}); deleting them and starting fresh\n")
+
+
+def test_a_checkpoint_of_other_base_weights_is_not_resumed(one_checkpoint, capsys):
+    (one_checkpoint / "base/model.safetensors").write_bytes(b"other weights")
+    assert resume(one_checkpoint)[0] is None
+    assert capsys.readouterr().out == stale_message(one_checkpoint / "checkpoints", "base model")
+    assert checkpoints.step_folders(one_checkpoint / "checkpoints") == []
+
+
+def test_a_checkpoint_of_another_library_version_is_not_resumed(one_checkpoint, capsys,
+                                                                monkeypatch):
+    installed, real_version = metadata.version("trl"), metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: "9.9.9" if name == "trl" else real_version(name))
+    assert resume(one_checkpoint)[0] is None
+    assert capsys.readouterr().out == stale_message(one_checkpoint / "checkpoints",
+                                                    f"trl {installed} -> 9.9.9")
+
+
+def test_early_stopping_checkpoints_must_fall_on_a_logging_step(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {logging_steps: 5, eval_steps: 7, save_steps: 10, "
+                    "early_stopping_patience: 2}\n")
+    with pytest.raises(ParamsError) as caught:
+        params.load("train", path)
+    assert str(caught.value) == (
+        f"{path}: train.eval_steps: must be a multiple of train.logging_steps (5) when "
+        "train.early_stopping_patience > 0 (checkpoints are then saved at each evaluation) "
+        "so a resumed run logs the same curve, got 7")
+    path.write_text("train: {logging_steps: 5, eval_steps: 7, save_steps: 10}\n")
+    assert params.load("train", path).eval_steps == 7  # no early stopping: saves at save_steps

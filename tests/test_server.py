@@ -307,10 +307,39 @@ def test_malformed_response_format_is_400(base_url, response_format, param, mess
     assert (error["param"], error["message"]) == (param, f"{param}: {message}")
 
 
+TOO_LARGE = {"error": {"message": f"request body over {server.MAX_BODY_BYTES} bytes",
+                       "type": "invalid_request_error", "param": None,
+                       "code": "request_too_large"}}
+
+
 def test_oversized_body_is_413_before_parsing(base_url):
     response = _post(base_url, "/v1/completions", b"x" * (server.MAX_BODY_BYTES + 1))
-    assert response.status_code == 413
-    assert response.json()["error"]["code"] == "request_too_large"
+    assert (response.status_code, response.json()) == (413, TOO_LARGE)
+
+
+def test_chunked_body_is_counted_as_it_arrives(base_url):
+    """No Content-Length to refuse (httpx sends a generator body chunked): the bytes that
+    arrive are counted, and one past the limit is the same 413."""
+    def chunked(*parts: bytes):
+        yield from parts
+
+    def post(parts, key=API_KEY):
+        return httpx.post(f"{base_url}/v1/completions", content=chunked(*parts), timeout=60,
+                          headers={"Authorization": f"Bearer {key}",
+                                   "Content-Type": "application/json"})
+
+    block = b"x" * (64 * 1024)
+    too_large = [block] * (server.MAX_BODY_BYTES // len(block)) + [b"x"]
+    response = post(too_large)
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert (response.status_code, response.json()) == (413, TOO_LARGE)
+    assert post(too_large, key="wrong").status_code == 401  # the key is checked first
+    request = json.dumps({"model": "base", "prompt": PROMPT, "max_tokens": 2,
+                          "temperature": 0}).encode()
+    answer = post([request[:10], request[10:]])  # a chunked request under the limit is served
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 2
 
 
 def test_openai_client_sees_bad_request_error(client):
@@ -359,6 +388,39 @@ def test_serve_defaults_to_localhost_and_reads_key_from_env(monkeypatch):
         == "flag"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--adapter", "no-equals-sign"])
+
+
+def test_serve_on_an_open_host_needs_a_key_or_allow_no_key(monkeypatch, capsys):
+    import types
+
+    import uvicorn
+
+    from tunelab.cli import app as cli
+
+    served = []
+    monkeypatch.setattr(server, "load_engine", lambda *args, **kwargs: types.SimpleNamespace(
+        names=["base"], close=lambda: None))
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: served.append(host))
+    monkeypatch.delenv(server.API_KEY_ENV, raising=False)
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 2
+    assert capsys.readouterr().err == (
+        "tunelab serve: error: --host 0.0.0.0: not this machine only, and no API key is set: "
+        f"anyone who reaches the port could use the model (set ${server.API_KEY_ENV} or "
+        "--api-key, or pass --allow-no-key)\n")
+    assert served == []  # refused before anything loaded
+
+    assert cli.main(["serve", "--host", "0.0.0.0", "--allow-no-key"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: serving on 0.0.0.0 without an API key: anyone who can reach this port can use "
+        f"the model (set {server.API_KEY_ENV} or --api-key)",
+        "serving base on http://0.0.0.0:8000/v1"]
+    assert cli.main(["serve", "--host", "0.0.0.0", "--api-key", "k"]) == 0
+    assert cli.main(["serve", "--host", "::1"]) == 0 and cli.main(["serve"]) == 0  # loopback
+    monkeypatch.setenv(server.API_KEY_ENV, "from-env")
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        "serving base on http://0.0.0.0:8000/v1 (API key required)"
+    assert served == ["0.0.0.0", "0.0.0.0", "::1", "127.0.0.1", "0.0.0.0"]
 
 
 def test_serve_rejects_bad_folders_before_loading(tiny_base_dir, tmp_path, capsys):

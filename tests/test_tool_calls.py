@@ -238,7 +238,7 @@ BAD_RECORDS = [
     ("call on a user message", {"messages": [{**assistant_call(), "role": "user",
                                               "content": "hi"}, FINAL], "tools": TOOLS},
      "only assistant messages make tool calls in message 1"),
-    ("loss flag on a result", record(assistant_call(), {**RESULT, "train": False}, FINAL),
+    ("loss asked of a result", record(assistant_call(), {**RESULT, "train": True}, FINAL),
      "only assistant messages carry loss; drop the loss flag in message 3"),
     ("sharegpt call not JSON", {"tools": [WEATHER], "conversations": [
         {"from": "human", "value": "Paris?"}, {"from": "function_call", "value": "get_weather"},

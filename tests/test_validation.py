@@ -38,7 +38,8 @@ def test_good_examples_pass_with_count_and_preview(tokenizer):
     assert (result.checked, result.truncated, result.errors, result.warnings) == (2, 0, [], [])
     assert result.preview.endswith("<|im_start|>assistant\n[[4<|im_end|>\n]]")
     assert result.summary() == {"examples_checked": 2, "errors": 0, "error_messages": [],
-                                "warnings": [], "truncated": 0, "text_windows": 0}
+                                "warnings": [], "truncated": 0, "text_windows": 0,
+                                "dropped_untrainable": 0, "dropped_untrainable_examples": []}
 
 
 def test_prompt_longer_than_max_length_is_an_error(tokenizer):
@@ -118,3 +119,62 @@ def test_validate_files_puts_parse_errors_before_token_errors(tmp_path, write_js
         f"{path}:2: missing field 'output'",
         f"{path}:1: the prompt alone is 41 tokens, so no answer token survives "
         "train.max_length=40 (raise train.max_length or shorten it)"]
+
+
+# --- validate.untrainable: a record no answer token of which fits (issue 29) -----------
+
+LEFT_OUT = ("a.jsonl:2: the prompt alone is 41 tokens, so no answer token survives "
+            "train.max_length=40; left out of training (validate.untrainable=drop)")
+
+
+def test_untrainable_drop_leaves_the_example_out_naming_it_and_counting_it(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=40,
+                                       untrainable="drop", max_dropped_ratio=0.5)
+    assert (result.ok, result.errors, result.warnings) == (True, [], [LEFT_OUT])
+    assert result.summary() == {"examples_checked": 2, "errors": 0, "error_messages": [],
+                                "warnings": [LEFT_OUT], "truncated": 0, "text_windows": 0,
+                                "dropped_untrainable": 1,
+                                "dropped_untrainable_examples": ["a.jsonl:2"]}
+
+
+def test_untrainable_drop_of_more_than_max_dropped_ratio_fails_on_each(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=40,
+                                       untrainable="drop", max_dropped_ratio=0.05)
+    assert (result.dropped, result.truncated) == ([], 0)
+    assert result.warnings == [
+        "1 of 2 examples (50.0%) leave no answer token within train.max_length, more than "
+        "validate.max_dropped_ratio=0.05 to leave out of training: each is an error"]
+    assert result.errors == [
+        "a.jsonl:2: the prompt alone is 41 tokens, so no answer token survives "
+        "train.max_length=40 (raise train.max_length or shorten it)"]
+
+
+def test_untrainable_fail_is_an_error_and_not_counted_as_truncated(tokenizer):
+    result = validation.check_examples([SHORT, LONG], tokenizer, max_length=40,
+                                       untrainable="fail", max_dropped_ratio=1.0)
+    assert (result.dropped, result.truncated, result.warnings) == ([], 0, [])
+    assert result.errors == [
+        "a.jsonl:2: the prompt alone is 41 tokens, so no answer token survives "
+        "train.max_length=40 (raise train.max_length or shorten it)"]
+
+
+def test_untrainable_examples_are_those_no_answer_token_of_fits(tokenizer):
+    text = {"text": "word " * 100, "task": None, "source": "t.jsonl:1"}  # windows: always trains
+    assert validation.untrainable_examples([SHORT, LONG, text], tokenizer, 40) == [LONG]
+    assert validation.untrainable_examples([SHORT, LONG], tokenizer, 42) == []
+
+
+def test_report_validation_section_names_the_dropped_records():
+    from tunelab.report import html_page
+
+    summary = validation.ValidationResult(checked=300, dropped=["data/raw/glaive.json:1234"],
+                                          warnings=[LEFT_OUT]).summary()
+    html = html_page.build_report(eval_metrics={}, validation=summary)
+    section = html.split("<h3>Validation</h3>", 1)[1].split("</section>", 1)[0]
+    assert ('<p id="dropped-untrainable"><span class="status status-worse">1 left out</span> of '
+            "training: no answer token of theirs fits train.max_length (validate.untrainable: "
+            "drop); dropped_untrainable_examples names each file:line.</p>") in section
+    assert "<li>data/raw/glaive.json:1234</li>" in section
+    quiet = html_page.build_report(eval_metrics={}, validation=validation.ValidationResult(
+        checked=300).summary())
+    assert 'id="dropped-untrainable"' not in quiet

@@ -1,5 +1,6 @@
-"""`tunelab watch`: the promotion rule, file handling, and a real run in a temporary Git +
-DVC copy of this repo with a tiny model (one full experiment, then a cheap second one)."""
+"""`tunelab watch`: the promotion rule (the candidate against the current model on the same
+examples), file handling, and a real run in a temporary Git + DVC copy of this repo with a
+tiny model (one full experiment, then a cheap second one)."""
 
 import json
 import os
@@ -18,43 +19,82 @@ from conftest import TINY_PIPELINE, copy_repo, free_port, run_tool
 REPO = Path(__file__).resolve().parents[1]
 PROMOTED_TAGS = ["ticket-triage-adapter@v0.0.1", "ticket-triage-gguf@v0.0.1",
                  "ticket-triage-adapter#staging#1", "ticket-triage-gguf#staging#1"]
-BASELINE = {"tuned": {"task_accuracy": 0.25}}  # the "current model" committed at HEAD
+# A metric committed at HEAD without a model: watch compares models on the same examples,
+# never eval.json's numbers, so with no model in the workspace the first one is promoted.
+BASELINE = {"tuned": {"task_accuracy": 0.25}}
 
 
 # --- the rule ------------------------------------------------------------------------
 
-def test_promotes_when_the_gain_reaches_min_gain():
-    d = decide(0.5, 0.6, 0.1, "tuned.task_accuracy")
-    assert d.promote and d.gain == pytest.approx(0.1)
-    assert d.reason == ("tuned.task_accuracy 0.6 vs current 0.5 (higher is better): "
-                        "gain +0.1 >= min_gain +0.1")
+RIGHT = json.dumps({"category": "billing", "priority": "low"})
+WRONG = json.dumps({"category": "technical", "priority": "high"})
 
 
-def test_rejects_below_min_gain_and_allows_a_negative_one():
-    assert not decide(0.5, 0.55, 0.1, "tuned.task_accuracy").promote
-    assert decide(0.5, 0.45, -0.1, "tuned.task_accuracy").promote
-    assert not decide(0.5, 0.35, -0.1, "tuned.task_accuracy").promote
+def answered(answers: list[str], first: int = 0) -> list[dict]:
+    """Samples rows (as evaluate writes them) of tickets first, first + 1, ... answered so."""
+    return [{"source": f"data/raw/t.jsonl:{first + i + 1}", "prompt": f"ticket {first + i}",
+             "reference": RIGHT, "tuned": answer} for i, answer in enumerate(answers)]
 
 
-def test_losses_improve_downwards():
-    d = decide(2.0, 1.5, 0.2, "tuned.loss")
-    assert d.promote and d.gain == pytest.approx(0.5) and "lower is better" in d.reason
-    assert not decide(2.0, 2.5, -0.2, "tuned.perplexity").promote
+def test_an_easier_new_split_alone_does_not_promote():
+    """HEAD scored 12/20 = 0.60 on the old test split. The new data adds 20 easy test
+    examples: the candidate's own split scores 31/40 = 0.775, which beat 0.60 by 0.175 under
+    the old rule (eval.json against eval.json). The current model, scored on those same
+    40 examples, gets 30: the gain is 0.025, and its interval reaches below 0."""
+    old_split = [RIGHT] * 12 + [WRONG] * 8  # both models answer the old examples alike
+    candidate = answered(old_split) + answered([RIGHT] * 5 + [WRONG] + [RIGHT] * 14, first=20)
+    current = answered(old_split) + answered([WRONG] * 2 + [RIGHT] * 18, first=20)
+    assert 31 / 40 - 12 / 20 >= 0.05  # what the old rule compared: it promoted
+    d = decide(current, candidate, 0.05, "tuned.task_accuracy")
+    assert not d.promote
+    assert (d.current, d.candidate, d.examples) == (0.75, 0.775, 40)
+    assert (d.gain, d.low, d.high) == pytest.approx((0.025, -0.05, 0.125), abs=1e-12)
+    assert d.reason == ("tuned.task_accuracy 0.7750 vs current 0.7500 on the same 40 examples: "
+                        "gain +0.0250, 95% interval [-0.0500, +0.1250]; its low end < "
+                        "min_gain +0.05")
+    # The mean gain reaching min_gain is not enough: the interval's low end must.
+    assert not decide(current, candidate, 0.02, "tuned.task_accuracy").promote
 
 
-def test_missing_values():
-    assert decide(None, 0.1, 5.0, "tuned.task_accuracy").promote  # first model
-    no_candidate = decide(0.5, None, -1.0, "tuned.task_accuracy")
-    assert not no_candidate.promote
-    assert no_candidate.reason == "the experiment wrote no tuned.task_accuracy"
+def test_promotes_when_the_intervals_low_end_reaches_min_gain():
+    current, candidate = answered([RIGHT] * 10 + [WRONG] * 20), answered([RIGHT] * 30)
+    d = decide(current, candidate, 0.5, "tuned.task_accuracy")
+    assert d.promote and (d.low, d.high) == pytest.approx((0.5, 0.833333), abs=1e-6)
+    assert d.reason.endswith("gain +0.6667, 95% interval [+0.5000, +0.8333]; its low end >= "
+                             "min_gain +0.5")
+    assert not decide(current, candidate, 0.6, "tuned.task_accuracy").promote
+    # The same answers: every gap is 0, so min_gain 0 promotes (more data, nothing lost).
+    same = decide(candidate, candidate, 0.0, "tuned.exact_match")
+    assert same.promote and (same.gain, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert not decide(candidate, candidate, 0.01, "tuned.exact_match").promote
 
 
-def test_metric_value_reads_a_dotted_key():
-    metrics = {"tuned": {"task_accuracy": 0.7, "nested": {"x": 1}}, "examples": 3}
-    assert promotion.metric_value(metrics, "tuned.task_accuracy") == 0.7
-    assert promotion.metric_value(metrics, "tuned.missing") is None
-    assert promotion.metric_value(metrics, "tuned.nested") is None
-    assert promotion.metric_value(None, "tuned.task_accuracy") is None
+def test_first_model_and_no_answers():
+    first = decide(None, answered([RIGHT] * 3 + [WRONG]), 5.0, "tuned.task_accuracy")
+    assert first.promote and (first.current, first.candidate, first.examples) == (None, 0.75, 4)
+    assert first.reason == ("no current model: the first model is promoted "
+                            "(tuned.task_accuracy 0.7500 on 4 examples)")
+    nothing = decide(answered([RIGHT]), [], -1.0, "tuned.task_accuracy")
+    assert not nothing.promote and nothing.reason == "the experiment answered no test example"
+
+
+def test_a_metric_without_a_per_example_score_is_refused(tmp_path, capsys):
+    assert promotion.per_example_metric("tuned.task_accuracy") == "task_accuracy"
+    assert promotion.per_example_metric("aligned.exact_match") == "exact_match"
+    assert promotion.per_example_metric("field_priority") == "field_priority"
+    for metric in ("tuned.loss", "tuned.rougeL", "heldout.tuned.task_accuracy"):
+        with pytest.raises(promotion.WatchError) as refused:
+            promotion.per_example_metric(metric)
+        assert str(refused.value) == (
+            f"--metric {metric}: no per-example score to pair the candidate with the current "
+            "model on (use tuned.task_accuracy, tuned.exact_match, tuned.json_valid or "
+            "tuned.field_NAME)")
+    # Refused before watch looks at the repo or the folder.
+    assert cli.main(["watch", "--incoming", str(tmp_path), "--once", "--metric", "tuned.loss"]) == 1
+    assert capsys.readouterr().err == (
+        "tunelab watch: error: --metric tuned.loss: no per-example score to pair the candidate "
+        "with the current model on (use tuned.task_accuracy, tuned.exact_match, "
+        "tuned.json_valid or tuned.field_NAME)\n")
 
 
 # --- files and git -------------------------------------------------------------------
@@ -105,6 +145,63 @@ def test_ingest_and_set_aside_never_overwrite(tmp_path):
     assert (incoming / "rejected" / "new data-2.jsonl.reason.txt").read_text() == "x.jsonl:1: bad\n"
 
 
+def folders(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """incoming/ and raw/ under ``tmp_path``, with this repo's params.yaml read (group_by
+    template) and no models/base beside them (no token checks)."""
+    monkeypatch.chdir(REPO)
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "raw").mkdir()
+    return tmp_path / "incoming", tmp_path / "raw"
+
+
+def set_aside_now(path: Path, tmp_path: Path) -> dict:
+    """watch.process on one file that FileChecker refuses (no git, no experiment)."""
+    return watch.process(path, tmp_path, tmp_path / "incoming", tmp_path / "raw",
+                         watch.FileChecker(tmp_path), "tuned.task_accuracy", 0.0)
+
+
+def test_a_file_without_the_group_by_field_is_set_aside(tmp_path, monkeypatch):
+    """prepare.group_by is template: a record without it would fail the experiment in
+    prepare's split, so watch refuses it with prepare's own message."""
+    incoming, raw = folders(tmp_path, monkeypatch)
+    ticket = {"instruction": "Classify the ticket.", "input": "I was billed twice.",
+              "output": RIGHT}
+    grouped = incoming / "grouped.jsonl"
+    grouped.write_text(json.dumps({**ticket, "template": "billing-1"}) + "\n")
+    assert watch.FileChecker(tmp_path).errors(grouped) == []
+    ungrouped = incoming / "ungrouped.jsonl"
+    ungrouped.write_text(json.dumps(ticket) + "\n")
+    record = set_aside_now(ungrouped, tmp_path)
+    expected = (f"{ungrouped}:1: no field 'template' to split by (prepare.group_by; \"\" splits "
+                "example by example)")
+    assert record["decision"] == "invalid" and record["reason"] == f"1 errors; first: {expected}"
+    assert (incoming / "rejected/ungrouped.jsonl.reason.txt").read_text() == expected + "\n"
+    assert not ungrouped.exists() and list(raw.iterdir()) == []
+
+
+def test_a_symlink_is_set_aside_and_never_followed(tmp_path, monkeypatch):
+    """A link in the incoming folder to a valid file outside it is listed as itself and set
+    aside unread; ingest refuses to read through one too."""
+    incoming, raw = folders(tmp_path, monkeypatch)
+    outside = tmp_path / "elsewhere/secret.jsonl"
+    outside.parent.mkdir()
+    outside.write_text(json.dumps({"instruction": "Classify.", "input": "x", "output": RIGHT,
+                                   "template": "t"}) + "\n")
+    link = incoming / "linked.jsonl"
+    link.symlink_to(outside)
+    assert watch.settled_files(incoming, 0) == [link]
+    with pytest.raises(OSError):
+        watch.ingest(link, raw, "20260101T000000")
+    record = set_aside_now(link, tmp_path)
+    expected = ("linked.jsonl: a symbolic link; watch takes regular files only (copy the file "
+                "into the folder instead)")
+    assert record["decision"] == "invalid" and record["reason"] == f"1 errors; first: {expected}"
+    moved = incoming / "rejected/linked.jsonl"
+    assert moved.is_symlink() and os.readlink(moved) == str(outside)
+    assert (incoming / "rejected/linked.jsonl.reason.txt").read_text() == expected + "\n"
+    assert list(raw.iterdir()) == [] and outside.read_text().endswith('"template": "t"}\n')
+
+
 def test_next_version_bumps_the_highest_gto_tag(tmp_path):
     repo = init_repo(tmp_path / "r")
     (repo / "f").write_text("x")
@@ -138,8 +235,8 @@ e2e = pytest.mark.e2e  # real `dvc exp run`s: skipped by `make test-fast`
 
 @pytest.fixture(scope="module")
 def tiny_repo(tiny_base_dir, tmp_path_factory):
-    """A git + DVC copy of this repo on the tiny model; HEAD holds a baseline metric and
-    no dvc.lock, so the first experiment runs every stage."""
+    """A git + DVC copy of this repo on the tiny model; HEAD holds a baseline metric but no
+    model and no dvc.lock, so the first experiment runs every stage."""
     repo = copy_repo(tmp_path_factory.mktemp("watch") / "repo", TINY_PIPELINE, tiny_base_dir)
     (repo / "dvc.lock").unlink()
     (repo / "metrics/eval.json").write_text(json.dumps(BASELINE))
@@ -205,8 +302,13 @@ def test_valid_file_is_ingested_run_and_promoted(first_watch, tiny_repo):
     assert record["file"] == "good.jsonl" and record["decision"] == "promoted"
     assert record["metric"] == "tuned.task_accuracy" and record["min_gain"] == -1.0
     metrics = json.loads((tiny_repo / "metrics/eval.json").read_text())
-    assert record["current"] == 0.25 and record["candidate"] == metrics["tuned"]["task_accuracy"]
-    assert record["gain"] == pytest.approx(record["candidate"] - 0.25, abs=1e-6)
+    # No model at HEAD (its eval.json's 0.25 is not compared): the mean of the candidate's
+    # per-example scores on its 2 test examples, its eval.json value (all tickets have the
+    # same fields).
+    assert record["current"] is None and record["gain"] is None and record["examples"] == 2
+    assert record["candidate"] == pytest.approx(metrics["tuned"]["task_accuracy"], abs=1e-6)
+    assert record["reason"] == ("no current model: the first model is promoted (tuned."
+                                f"task_accuracy {record['candidate']:.4f} on 2 examples)")
     # Ingested under a new name next to the original data, byte for byte.
     ingested = tiny_repo / record["ingested_as"]
     assert ingested.parent == tiny_repo / "data/raw" and ingested.name.endswith("-good.jsonl")
@@ -232,7 +334,9 @@ def test_valid_file_is_ingested_run_and_promoted(first_watch, tiny_repo):
 @e2e
 def test_same_data_again_gains_nothing_and_is_rejected(first_watch, tiny_repo):
     """A copy of the promoted file: prepare drops the duplicates, DVC skips train and
-    evaluate, the metric is unchanged, and min_gain 0.01 rejects it."""
+    evaluate; the current (promoted) model, scored anew on the candidate's 2 test examples
+    and the 2 held-out ones, answers each as the candidate does, so every gap is 0 and
+    min_gain 0.01 rejects it."""
     incoming, _, _ = first_watch
     head = git(tiny_repo, "rev-parse", "HEAD")
     shutil.copy(incoming / "processed/good.jsonl", incoming / "again.jsonl")
@@ -241,7 +345,9 @@ def test_same_data_again_gains_nothing_and_is_rejected(first_watch, tiny_repo):
     record = log_lines(tiny_repo)[-1]
     assert record["file"] == "again.jsonl" and record["decision"] == "rejected"
     assert record["gain"] == 0.0 and record["current"] == record["candidate"]
-    assert "gain +0 < min_gain +0.01" in record["reason"]
+    assert (record["low"], record["high"], record["examples"]) == (0.0, 0.0, 4)
+    assert record["reason"].endswith("on the same 4 examples: gain +0.0000, 95% interval "
+                                     "[+0.0000, +0.0000]; its low end < min_gain +0.01")
     # Nothing of it stays: same HEAD, no new tag, no ingested copy, a clean index.
     assert git(tiny_repo, "rev-parse", "HEAD") == head
     assert sorted(git(tiny_repo, "tag", "--list").splitlines()) == sorted(PROMOTED_TAGS)

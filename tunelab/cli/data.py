@@ -1,5 +1,6 @@
 """`tunelab validate-data`, `tunelab analyze-data` and `tunelab validate-config`: check
-and measure inputs before a run."""
+and measure inputs before a run. validate-data reads SFT files as the prepare stage does
+and preference files (chosen/rejected, KTO) as the align stage does."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ def register(commands) -> None:
     check.add_argument("--base", default=DEFAULT_BASE,
                        help="model folder whose tokenizer to check against (default: models/base)")
     check.add_argument("--max-length", type=positive_int, default=None,
-                       help="token limit (default: train.max_length from params.yaml)")
+                       help="token limit (default: train.max_length from params.yaml; "
+                            "align.max_length for preference files)")
+    check.add_argument("--preferences", action="store_true",
+                       help="read every file as preference data (chosen/rejected pairs, KTO) as "
+                            "the align stage does (default: a file whose first record has such "
+                            "fields is read so; align.format applies, not --format)")
     check.set_defaults(handler=validate_data)
 
     analyze = commands.add_parser(
@@ -41,42 +47,86 @@ def register(commands) -> None:
 
 
 def validate_data(args) -> int:
-    from tunelab.data import columns, prepare, validation
+    from tunelab.data import columns, preferences
 
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
         print(f"tunelab validate-data: error: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    max_length = args.max_length or _param_or_default("train", "max_length")
     text_split = _param_or_default("prepare", "text_split")
-    # params.yaml's column and role maps apply here as in the prepare stage.
+    # params.yaml's column and role maps apply here as in the prepare and align stages.
     mapping_for = columns.from_params(_section_or_default("prepare"),
                                       _param_or_default("prepare", "raw_dir"))
+    tokenizer = None
     if Path(args.base, "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.base)
-        result = validation.validate_files(
-            args.files, tokenizer, max_length, args.format,
-            max_truncated_ratio=_param_or_default("validate", "max_truncated_ratio"),
-            train_on=_param_or_default("train", "train_on"), text_split=text_split,
-            text_stride=_param_or_default("train", "text_stride"), mapping_for=mapping_for)
     else:
         print(f"note: {args.base} not found; token checks skipped (run `dvc repro base`)",
               file=sys.stderr)
-        loaded = prepare.load_files(args.files, args.format, text_split=text_split,
+    # Preference files (align.data) are read as the align stage reads them, the rest as
+    # the prepare stage reads SFT data: the SFT reader would refuse every preference record.
+    preference_files = [f for f in args.files if args.preferences
+                        or preferences.is_preference_file(f, mapping_for(f), text_split)]
+    sft_files = [f for f in args.files if f not in preference_files]
+    checked = []  # (warnings, errors, the summary line when there are no errors)
+    if sft_files:
+        checked.append(_check_sft_files(args, sft_files, tokenizer, text_split, mapping_for))
+    if preference_files:
+        checked.append(_check_preference_files(args, preference_files, tokenizer, mapping_for))
+    warnings = [warning for found, _, _ in checked for warning in found]
+    errors = [error for _, found, _ in checked for error in found]
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for error in errors:
+        print(error, file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} errors in {len(args.files)} files", file=sys.stderr)
+        return 1
+    for _, _, summary in checked:
+        print(summary)
+    return 0
+
+
+def _check_sft_files(args, paths: list[Path], tokenizer, text_split: str, mapping_for):
+    """SFT data as the prepare and validate stages check it (validate.* from params.yaml)."""
+    from tunelab.data import prepare, validation
+
+    max_length = args.max_length or _param_or_default("train", "max_length")
+    if tokenizer is not None:
+        result = validation.validate_files(
+            paths, tokenizer, max_length, args.format,
+            max_truncated_ratio=_param_or_default("validate", "max_truncated_ratio"),
+            train_on=_param_or_default("train", "train_on"), text_split=text_split,
+            text_stride=_param_or_default("train", "text_stride"), mapping_for=mapping_for,
+            untrainable=_param_or_default("validate", "untrainable"),
+            max_dropped_ratio=_param_or_default("validate", "max_dropped_ratio"))
+    else:
+        loaded = prepare.load_files(paths, args.format, text_split=text_split,
                                     mapping_for=mapping_for)
         result = validation.ValidationResult(checked=len(loaded.examples), errors=loaded.errors)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    for error in result.errors:
-        print(error, file=sys.stderr)
-    if result.errors:
-        print(f"{len(result.errors)} errors in {len(args.files)} files", file=sys.stderr)
-        return 1
-    print(f"OK: {result.checked} examples in {len(args.files)} files "
-          f"({result.truncated} longer than max_length={max_length})")
-    return 0
+    dropped = (f"; {len(result.dropped)} left out of training: no answer token fits"
+               if result.dropped else "")
+    return result.warnings, result.errors, (
+        f"OK: {result.checked - len(result.dropped)} examples in {len(paths)} files "
+        f"({result.truncated} longer than max_length={max_length}{dropped})")
+
+
+def _check_preference_files(args, paths: list[Path], tokenizer, mapping_for):
+    """Preference data as the align stage reads it (align.format, align.max_length)."""
+    from tunelab.data import preferences
+
+    max_length = args.max_length or _param_or_default("align", "max_length")
+    loaded = preferences.check_files(paths, _param_or_default("align", "format"), tokenizer,
+                                     max_length, mapping_for)
+    unpaired = [e["label"] for e in loaded.examples if "label" in e]
+    counted = (f"{len(unpaired)} KTO examples ({sum(unpaired)} up, "
+               f"{len(unpaired) - sum(unpaired)} down)" if unpaired
+               else f"{len(loaded.examples)} preference pairs")
+    fits = f"; answers fit max_length={max_length}" if tokenizer is not None else ""
+    return [], loaded.errors, (f"OK: {counted} in {len(paths)} files (read as the align stage "
+                               f"reads them{fits})")
 
 
 def analyze_data(args) -> int:

@@ -33,11 +33,15 @@ def register(commands) -> None:
                        help=f"with --gguf: llama.cpp KV-cache tokens per model, the longest "
                        f"prompt plus answer (default {DEFAULT_CONTEXT})")
     serve.add_argument("--host", default=server.DEFAULT_HOST,
-                       help="address to bind (default 127.0.0.1: this machine only)")
+                       help="address to bind (default 127.0.0.1: this machine only; any other "
+                       "needs an API key or --allow-no-key)")
     serve.add_argument("--port", type=int, default=server.DEFAULT_PORT)
     serve.add_argument("--api-key", default=None,
                        help=f"require 'Authorization: Bearer KEY' (default: ${server.API_KEY_ENV}; "
                        "the environment keeps it out of `ps`)")
+    serve.add_argument("--allow-no-key", action="store_true",
+                       help="serve on a --host other machines can reach without an API key: "
+                       "anyone who reaches the port can use the model")
     serve.add_argument("--max-tokens-limit", type=positive_int,
                        default=server.DEFAULT_MAX_TOKENS_LIMIT,
                        help="largest max_tokens a request may ask for; also the default")
@@ -50,6 +54,13 @@ def register(commands) -> None:
 
 def serve_models(args) -> int:
     require_extra("serve")
+    # Refused before a model loads or an artifact is fetched.
+    if not (server.resolve_api_key(args.api_key) or server.is_loopback(args.host)
+            or args.allow_no_key):
+        print(f"tunelab serve: error: --host {args.host}: not this machine only, and no API "
+              f"key is set: anyone who reaches the port could use the model (set "
+              f"${server.API_KEY_ENV} or --api-key, or pass --allow-no-key)", file=sys.stderr)
+        return 2
     if args.artifact:
         return serve_artifact(args)
     if args.gguf:

@@ -10,15 +10,17 @@ from tunelab.experiments import registry, watch
 
 def register(commands) -> None:
     cmd = commands.add_parser("watch", help="ingest new data files, run the pipeline as an "
-                              "experiment, promote it if the metric improves")
+                              "experiment, promote it if it beats the current model on the "
+                              "same test examples")
     cmd.add_argument("--incoming", required=True, type=Path, help="folder to watch for data files")
     cmd.add_argument("--interval", type=float, default=60.0, help="seconds between looks")
     cmd.add_argument("--min-gain", type=float, default=0.0,
-                     help="promote when the metric improves by at least this much "
+                     help="promote when the lower bound of the 95%% interval of the gain over "
+                          "the current model, on the same examples, is at least this "
                           "(negative: accept a small loss for the new data)")
     cmd.add_argument("--metric", default=watch.DEFAULT_METRIC,
-                     help=f"dotted key in {watch.EVAL_METRICS}; keys ending in loss or "
-                          "perplexity count lower as better")
+                     help="a per-example score: tuned.task_accuracy (default), "
+                          "tuned.exact_match, tuned.json_valid or tuned.field_NAME")
     cmd.add_argument("--once", action="store_true", help="process what is there, then exit")
     cmd.add_argument("--settle", type=float, default=2.0,
                      help="a file is taken only when its size and mtime stay the same this long")

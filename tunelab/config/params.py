@@ -16,8 +16,8 @@ from pydantic import (AfterValidator, BaseModel, Field, RootModel, field_validat
                       model_validator)
 
 from tunelab.chat import families
-from tunelab.config.schema import (Bool, Float, Int, Names, Section, Str, StepLimit, choice,
-                                   complaint, is_model, parse)
+from tunelab.config.schema import (Bool, Float, Int, Names, RepoPath, RepoPathOrNone, Section,
+                                   Str, StepLimit, choice, complaint, is_model, parse)
 from tunelab.errors import ParamsError
 from tunelab.util.names import did_you_mean
 
@@ -28,6 +28,7 @@ UNIT_INTERVAL = {"ge": 0, "lt": 1}  # shares of a whole: 0 allowed, 1 (all of it
 TextSplit = choice("file", "blank_lines")
 TrainOn = choice("all_assistant", "last")
 Reasoning = choice("keep", "drop")
+Untrainable = choice("drop", "fail")
 DataFormat = choice("auto", "alpaca", "chat", "sharegpt", "prompt_completion", "text")
 Method = choice("lora", "qlora", "full")
 Scheduler = choice("cosine", "linear", "constant", "constant_with_warmup")
@@ -100,7 +101,7 @@ class FieldMaps(Section):
 
 
 class PrepareParams(Section):
-    raw_dir: Str = "data/raw"
+    raw_dir: RepoPath = "data/raw"  # RepoPath: dvc.yaml puts it into a shell command
     format: DataFormat = "auto"
     val_ratio: Float = Field(0.1, **UNIT_INTERVAL)
     test_ratio: Float = Field(0.1, **UNIT_INTERVAL)
@@ -115,6 +116,8 @@ class PrepareParams(Section):
 
 class ValidateParams(Section):
     max_truncated_ratio: Float = Field(0.05, **UNIT_INTERVAL)
+    untrainable: Untrainable = "drop"
+    max_dropped_ratio: Float = Field(0.05, ge=0, le=1)  # 1: drop any number
     fail_on_warning: Bool = False
 
 
@@ -203,7 +206,7 @@ class RewardParams(Section):
 
 class AlignParams(Section):
     objective: Objective = "none"
-    data: Str = "data/preferences"
+    data: RepoPath = "data/preferences"
     format: PreferenceFormat = "auto"
     beta: Float | None = None
     learning_rate: Float = Field(1e-4, gt=0)
@@ -244,7 +247,7 @@ class EvaluateParams(Section):
     max_new_tokens: Int = Field(64, gt=0)
     batch_size: Int = Field(24, gt=0)
     max_examples: Int = Field(0, ge=0)
-    heldout: Str = ""
+    heldout: RepoPathOrNone = ""
 
 
 class ExportParams(Section):
@@ -394,6 +397,15 @@ def check_split(prepare: PrepareParams, path: str | Path = PARAMS_FILE) -> None:
 
 def check_train(train: TrainParams, path: str | Path = PARAMS_FILE) -> None:
     check_save_steps(train, "train", path)
+    # Early stopping keeps the best checkpoint (load_best_model_at_end), which transformers
+    # allows only where every save falls on an evaluation: the trainer then saves at
+    # train.eval_steps, not train.save_steps (tunelab.train.training.sft_config). Those
+    # checkpoints too must fall on a logging step, for save_steps' reason below.
+    if train.early_stopping_patience and train.eval_steps % train.logging_steps:
+        raise ParamsError(f"{path}: train.eval_steps: must be a multiple of train.logging_steps "
+                          f"({train.logging_steps}) when train.early_stopping_patience > 0 "
+                          "(checkpoints are then saved at each evaluation) so a resumed run "
+                          f"logs the same curve, got {train.eval_steps}")
 
 
 def check_save_steps(loaded, section: str, path: str | Path = PARAMS_FILE) -> None:

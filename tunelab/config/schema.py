@@ -9,6 +9,7 @@ one line naming the file, the dotted key and the reason.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -60,12 +61,45 @@ def _minus_one_or_positive(value: int) -> int:
     return value
 
 
+# A path that dvc.yaml writes into a stage's shell `cmd` (${prepare.raw_dir}): it is checked
+# here rather than left to DVC's check that a dependency exists, which only happens to stop
+# `data/raw;touch x`. Letters, digits and _ - . / only: any other character may be shell syntax,
+# and a space splits the path into two arguments.
+PATH_CHARACTERS = re.compile(r"[\w./-]")
+
+
+def _path_in_repo(value: str) -> str:
+    if not value:
+        raise complaint("'' is empty (name a file or folder inside the repository)")
+    odd = next((c for c in value if not PATH_CHARACTERS.fullmatch(c)), None)
+    if odd == " ":
+        raise complaint(f"{value!r} has a space, which would split the stage's shell command "
+                        "(dvc.yaml cmd) into two arguments (use _ or - instead)")
+    if odd is not None:
+        raise complaint(f"{value!r} has {odd!r}, which the shell running the stage's dvc.yaml "
+                        "cmd could read as syntax (use letters, digits, _ - . /)")
+    if value.startswith("/"):
+        raise complaint(f"{value!r} is an absolute path (give one relative to the repository: "
+                        "DVC tracks files inside it)")
+    if ".." in value.split("/"):
+        raise complaint(f"{value!r} has a '..' part, which can lead out of the repository "
+                        "(give the path inside it without '..')")
+    return value
+
+
+def _path_in_repo_or_empty(value: str) -> str:
+    return value and _path_in_repo(value)
+
+
 Int = Annotated[int, BeforeValidator(_expect(int))]
 Float = Annotated[float, BeforeValidator(_to_float)]
 Bool = Annotated[bool, BeforeValidator(_expect(bool))]
 Str = Annotated[str, BeforeValidator(_expect(str))]
 Names = Annotated[Union[str, list[str]], BeforeValidator(_names)]
 StepLimit = Annotated[int, BeforeValidator(_expect(int)), AfterValidator(_minus_one_or_positive)]
+RepoPath = Annotated[str, BeforeValidator(_expect(str)), AfterValidator(_path_in_repo)]
+RepoPathOrNone = Annotated[str, BeforeValidator(_expect(str)),  # "" = none
+                           AfterValidator(_path_in_repo_or_empty)]
 
 
 def choice(*options):

@@ -5,8 +5,10 @@ example schema (tunelab.data.readers reads the files):
     {"text": ..., "task": ..., "source": "path:line"}
 
 A message opted out of the loss (``"train": false``, or ``"loss_weight"``/``"weight"``
-0, the axolotl and LLaMA-Factory spellings) keeps ``"train": false``; content given as
-a list of text parts (OpenAI's and Hugging Face's form) is joined into one string.
+0, the axolotl and LLaMA-Factory spellings) keeps ``"train": false``; on a user, system or
+tool message, which never carries loss, such a flag is accepted and dropped (LLaMA-Factory's
+v1 data writes ``"loss_weight": 0.0`` on each), and one asking for loss is refused. Content
+given as a list of text parts (OpenAI's and Hugging Face's form) is joined into one string.
 Tool calls (OpenAI's ``tool_calls`` and ``tool`` messages, ShareGPT's ``function_call``
 and ``observation`` turns) and a record's ``tools`` take tunelab.data.tool_calls' shape,
 and are checked there; the example then carries ``"tools"`` too.
@@ -129,9 +131,14 @@ def read_conversation(record: dict, key: str, role_key: str, content_key: str,
         if role not in role_names:
             raise ValueError(f"unknown role {_shown(role)}{where} (use {', '.join(role_names)})")
         message = _message(turn, role, role_names[role], content_key, where)
-        if not _trained(turn, where):
-            if message["role"] != "assistant":
+        flag = _loss_flag(turn, where)
+        if message["role"] != "assistant":
+            # A user, system or tool message never carries loss: a flag saying so again
+            # (LLaMA-Factory's v1 data puts "loss_weight": 0.0 on each) is fine; one asking
+            # for loss is not.
+            if flag:
                 raise ValueError(f"only assistant messages carry loss; drop the loss flag{where}")
+        elif flag is False:
             message["train"] = False
         messages.append(message)
     return messages
@@ -215,8 +222,10 @@ def _part_text(part: dict, number: int, where: str) -> str:
     return part[text_key]
 
 
-def _trained(turn: dict, where: str) -> bool:
-    """False when the message opts out of the loss; only 0 and 1 weights exist here."""
+def _loss_flag(turn: dict, where: str) -> bool | None:
+    """What the message's loss flag asks: False to opt out (``"train": false``, weight 0),
+    True for loss (``"train": true``, weight 1), None when it has none; only 0 and 1
+    weights exist here."""
     if "train" in turn:
         return _required(turn, "train", bool, where)
     for key in ("loss_weight", "weight"):
@@ -226,7 +235,7 @@ def _trained(turn: dict, where: str) -> bool:
                 raise ValueError(f"field '{key}'{where} must be 0 or 1 (fractional loss weights "
                                  f"are not supported), got {json.dumps(weight)}")
             return weight == 1
-    return True
+    return None
 
 
 def _required(record: dict, key: str, kind: type, where: str = "") -> Any:

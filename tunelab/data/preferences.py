@@ -18,6 +18,7 @@ by their keys (or by ``fmt``: auto | paired | kto):
     {"conversations": [turns], "chosen": {"from": "gpt", "value": ...},
      "rejected": {"from": "gpt", "value": ...}}                        LLaMA-Factory ShareGPT
     {"prompt" or "messages": ..., "completion": ..., "label": true}    KTO
+    {"messages": [..., assistant answer], "label": true}              LLaMA-Factory KTO
 
 Where both sides are whole conversations, the prompt is the leading messages they share
 (TRL's extract_prompt) and each side is the rest. A field may be a string (one user
@@ -38,7 +39,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from tunelab.data import columns, encoding, formats, prepare, tool_calls
+from tunelab.data import columns, encoding, formats, prepare, readers, tool_calls
 from tunelab.errors import DataError
 from tunelab.util.names import did_you_mean, shown, shown_keys, type_name
 
@@ -92,6 +93,38 @@ def load_splits(data: str | Path, fmt: str, prep, tokenizer, max_length: int,
 def load_file(path: str | os.PathLike, fmt: str = "auto") -> list[dict]:
     """One file's examples; DataError on its first bad record (and how many more)."""
     return load_preferences([path], fmt).examples_or_raise()
+
+
+def check_files(paths, fmt: str, tokenizer, max_length: int,
+                mapping_for: Callable[[Path], columns.Mapping] | None = None
+                ) -> prepare.LoadResult:
+    """`tunelab validate-data` on preference files: every record read as the align stage
+    reads it, then, with a ``tokenizer``, each checked against ``max_length``
+    (check_lengths); every problem is in the result's errors."""
+    result = load_preferences(paths, fmt, mapping_for=mapping_for)
+    if tokenizer is not None and result.examples:
+        if not tokenizer.chat_template:
+            result.errors.append(encoding.NO_TEMPLATE)
+        else:
+            result.errors += check_lengths(result.examples, tokenizer, max_length)
+    return result
+
+
+def is_preference_file(path: str | os.PathLike, mapping: columns.Mapping,
+                       text_split: str = "file") -> bool:
+    """Whether ``path``'s first record (after ``mapping``'s renames) is preference data: a
+    chosen or rejected side, or a true/false ``label`` beside a prompt (KTO). A file that
+    does not read is not: the SFT reader names its error."""
+    try:
+        records = readers.read_records(path, text_split)
+    except DataError:
+        return False
+    if not records or not isinstance(records[0][1], dict):
+        return False
+    record = columns.apply(records[0][1], mapping)
+    return (any(key in record for key in PAIRED_KEYS)
+            or (isinstance(record.get("label"), bool)
+                and any(key in record for key in ("prompt", "messages", "completion"))))
 
 
 def detect_format(record: dict) -> str:
@@ -217,7 +250,15 @@ def _unpaired(record: dict) -> dict:
     if prompt_key is None:
         raise ValueError(_missing(record, "prompt", "messages"))
     prompt = _messages(record, prompt_key, "user")
-    completion = _answer(record, "completion")
+    if prompt_key == "messages" and "completion" not in record:
+        # LLaMA-Factory's KTO data (kto_en_demo): the conversation's last message is the
+        # answer that the label judges.
+        if prompt[-1]["role"] != "assistant":
+            raise ValueError("'messages' must end with the assistant's answer when the record "
+                             "has no 'completion'")
+        prompt, completion = prompt[:-1], prompt[-1:]
+    else:
+        completion = _answer(record, "completion")
     _check_prompt(prompt)
     if "label" not in record:
         raise ValueError(_missing(record, "label"))

@@ -19,6 +19,10 @@ from typing import Callable
 from tunelab.data import columns, formats, readers
 from tunelab.errors import DataError
 
+# Beside the splits in the prepared folder: the examples in no split because no answer
+# token of theirs fits train.max_length (tunelab.data.validation judges them).
+UNTRAINABLE_FILE = "untrainable.jsonl"
+
 
 @dataclass
 class LoadResult:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tunelab.deploy import llama_runtime
+
 PLACEHOLDER_SCORE = -1000.0  # LlamaHfVocab's score for every token
 
 
@@ -68,9 +70,11 @@ def repair(gguf_file: Path, model_dir: Path) -> bool:
 
     if not needs_repair(model_dir):
         return False
-    reader = gguf.GGUFReader(gguf_file)
-    if reader.get_field(gguf.Keys.Tokenizer.MODEL).contents() != "llama":
+    # Only llama.cpp's SPM route ("llama") has the placeholder scores; asked of llama.cpp
+    # first, as reading the whole file below costs ~25 s on Gemma 3's BPE ("gpt2") vocabulary.
+    if llama_runtime.metadata(gguf_file).get(gguf.Keys.Tokenizer.MODEL) != "llama":
         return False
+    reader = gguf.GGUFReader(gguf_file)
     scores = reader.get_field(gguf.Keys.Tokenizer.SCORES).contents()
     if any(score != PLACEHOLDER_SCORE for score in scores):
         return False  # llama.cpp had real scores (a newer converter)

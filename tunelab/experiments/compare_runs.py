@@ -117,32 +117,41 @@ def per_example_scores(samples: list[dict]) -> dict[tuple, dict]:
 def compare(samples_a: list[dict], samples_b: list[dict], metrics=METRICS,
             seed: int = 0) -> list[Difference]:
     """B minus A per metric, over the examples both runs answered."""
-    from scipy.stats import bootstrap
-
     scores_a, scores_b = per_example_scores(samples_a), per_example_scores(samples_b)
+    differences = []
+    for metric in metrics:
+        a, b = paired(scores_a, scores_b, metric)
+        low, high = gap_interval(b - a, seed)
+        differences.append(Difference(metric, float(a.mean()), float(b.mean()), low, high))
+    return differences
+
+
+def paired(scores_a: dict[tuple, dict], scores_b: dict[tuple, dict],
+           metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """A's and B's ``metric`` per example (per_example_scores), both in one order of the
+    examples; DataError when the runs answered different examples or nothing scores it."""
     only_a, only_b = scores_a.keys() - scores_b.keys(), scores_b.keys() - scores_a.keys()
     if only_a or only_b:
         raise DataError(f"A and B were evaluated on different examples ({len(only_a)} only in A, "
                         f"{len(only_b)} only in B): a paired comparison needs the same test split")
     keys = sorted(scores_a, key=str)
-    differences = []
-    for metric in metrics:
-        if not all(metric in scores_a[k] and metric in scores_b[k] for k in keys):
-            scored = sorted(scores_a[keys[0]])
-            raise DataError(f"--metrics: {metric} is not scored for these samples "
-                            f"(choose from {', '.join(scored)})")
-        a = np.array([scores_a[k][metric] for k in keys])
-        b = np.array([scores_b[k][metric] for k in keys])
-        gaps = b - a
-        if np.all(gaps == gaps[0]):  # no spread: the bootstrap interval is the point itself
-            low = high = float(gaps[0])
-        else:
-            interval = bootstrap((gaps,), np.mean, confidence_level=CONFIDENCE,
-                                 n_resamples=RESAMPLES, rng=np.random.default_rng(seed)
-                                 ).confidence_interval
-            low, high = float(interval.low), float(interval.high)
-        differences.append(Difference(metric, float(a.mean()), float(b.mean()), low, high))
-    return differences
+    if not all(metric in scores_a[k] and metric in scores_b[k] for k in keys):
+        scored = sorted(scores_a[keys[0]])
+        raise DataError(f"--metrics: {metric} is not scored for these samples "
+                        f"(choose from {', '.join(scored)})")
+    return (np.array([scores_a[k][metric] for k in keys]),
+            np.array([scores_b[k][metric] for k in keys]))
+
+
+def gap_interval(gaps: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The CONFIDENCE bootstrap interval (BCa) of the mean of per-example ``gaps``."""
+    from scipy.stats import bootstrap
+
+    if np.all(gaps == gaps[0]):  # no spread: the bootstrap interval is the point itself
+        return float(gaps[0]), float(gaps[0])
+    interval = bootstrap((gaps,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def table(differences: list[Difference], label_a: str, label_b: str, examples: int,

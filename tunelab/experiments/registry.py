@@ -4,10 +4,10 @@ GTO keeps the registry in Git tags, so it travels with `git push`/`git clone`:
 ``<artifact>@vX.Y.Z`` (an annotated tag, registered with ``gto.api.register``) names the
 commit of a version, ``<artifact>#<stage>#N`` (``gto.api.assign``) puts a version in a stage
 (the newest assignment wins). `gto show` lists both. A version's files are the artifact's
-path at that commit, fetched through DVC (``dvc.repo.Repo.get``: the local cache, else the
-default remote), so `tunelab serve --artifact NAME@prod` serves what was promoted even after
-the workspace moved on. This module is the GTO half of the Git/DVC/GTO layer
-(experiments.repo holds the Git and DVC half).
+path as dvc.yaml declared it at that commit, fetched through DVC (``dvc.repo.Repo.get``: the
+local cache, else the default remote), so `tunelab serve --artifact NAME@prod` serves what
+was promoted even after the workspace (its files or its dvc.yaml) moved on. This module is
+the GTO half of the Git/DVC/GTO layer (experiments.repo holds the Git and DVC half).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from tunelab.experiments.repo import PathLike, RepoError, resolve_commit
+from tunelab.experiments.repo import PathLike, RepoError, git, resolve_commit
 
 # The stages a version can be assigned to (also the repo's .gto `stages:`, which makes GTO
 # refuse any other): staging = promoted by `tunelab watch`, prod = what deployments serve.
@@ -37,11 +37,22 @@ class ArtifactVersion:
     stage: str | None    # the stage the reference named, if it named one
 
 
-def artifacts(root: PathLike) -> dict[str, str]:
-    """dvc.yaml's artifacts as {name: path} (the root pipeline's; none if unreadable)."""
+def artifacts(root: PathLike, commit: str | None = None) -> dict[str, str]:
+    """The root dvc.yaml's artifacts as {name: path}: the working tree's, or the one
+    committed at ``commit``; none if unreadable."""
+    if commit is None:
+        try:
+            text = (Path(root) / "dvc.yaml").read_text()
+        except OSError:
+            return {}
+    else:
+        shown = git("show", f"{commit}:dvc.yaml", root=root, check=False)
+        if shown.returncode != 0:
+            return {}
+        text = shown.stdout
     try:
-        declared = (yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("artifacts")
-    except (OSError, yaml.YAMLError):
+        declared = (yaml.safe_load(text) or {}).get("artifacts")
+    except yaml.YAMLError:
         return {}
     return {name: spec["path"].rstrip("/") for name, spec in (declared or {}).items()
             if isinstance(spec, dict) and isinstance(spec.get("path"), str)}
@@ -116,49 +127,68 @@ def assign_stage(root: PathLike, artifact: str, version: str, stage: str,
     return assigned.tag
 
 
+def unassign_stage(root: PathLike, artifact: str, version: str, stage: str,
+                   message: str) -> None:
+    """Take ``stage`` from ``artifact`` ``version`` (the tag ``<artifact>#<stage>!#N``), so
+    `gto show` and NAME@STAGE no longer name it."""
+    import gto.api
+    from gto.exceptions import GTOException
+
+    try:
+        gto.api.unassign(str(root), artifact, version=version, stage=stage, message=message)
+    except GTOException as err:
+        raise RepoError(f"gto unassign {artifact} {version} {stage}: {err}") from None
+
+
 def stages_of(root: PathLike, artifact: str) -> dict[str, str]:
     """{stage: version} as `gto show` lists them: the version each stage holds now."""
-    import gto.api
-    from gto.exceptions import ArtifactNotFound
-
-    found = {}
-    for stage in STAGES:
-        try:
-            versions = gto.api.find_versions_in_stage(str(root), artifact, stage)
-        except ArtifactNotFound:
-            return {}
-        if versions:
-            found[stage] = versions[0].version
-    return found
+    held = {stage: version_in_stage(root, artifact, stage) for stage in STAGES}
+    return {stage: version for stage, version in held.items() if version}
 
 
 # --- resolving and fetching -------------------------------------------------------------
 
 def resolve(root: PathLike, reference: str) -> ArtifactVersion:
-    """The registered version ``reference`` (NAME@STAGE or NAME@vX.Y.Z) names."""
+    """The registered version ``reference`` (NAME@STAGE or NAME@vX.Y.Z) names, with the
+    artifact's path as the dvc.yaml of that version's commit declares it: a later dvc.yaml
+    may have moved it, and the files are fetched at the commit."""
+    name, version, stage = parse_reference(reference)
+    version = version or version_in_stage(root, name, stage)
+    commit = version and resolve_commit(f"refs/tags/{name}@{version}^{{commit}}", root)
+    if not commit:
+        raise unresolved(root, name, version, stage)
+    declared = artifacts(root, commit)
+    if name not in declared:
+        raise RepoError(f"{name}@{version}: dvc.yaml at its commit {commit[:8]} declares no "
+                        f"artifact {name} ({', '.join(declared) or 'none'}), so its path "
+                        "is unknown")
+    return ArtifactVersion(name, version, commit, declared[name], stage)
+
+
+def version_in_stage(root: PathLike, name: str, stage: str) -> str | None:
+    """The version ``stage`` holds now (the newest assignment); None when it holds none."""
     import gto.api
     from gto.exceptions import ArtifactNotFound
 
-    name, version, stage = parse_reference(reference)
+    try:
+        in_stage = gto.api.find_versions_in_stage(str(root), name, stage)
+    except ArtifactNotFound:
+        return None  # no version registered at all
+    return in_stage[0].version if in_stage else None
+
+
+def unresolved(root: PathLike, name: str, version: str | None, stage: str | None) -> RepoError:
+    """Why a reference names no commit: a name the working tree's dvc.yaml does not
+    declare (most likely a typo), an empty stage, or a version not registered here."""
     declared = artifacts(root)
     if name not in declared:
-        raise RepoError(f"artifact {name!r} is not in dvc.yaml's artifacts "
-                        f"({', '.join(declared) or 'none'})")
-    if stage is not None:
-        try:
-            in_stage = gto.api.find_versions_in_stage(str(root), name, stage)
-        except ArtifactNotFound:
-            in_stage = []  # no version registered at all
-        if not in_stage:
-            raise RepoError(f"no version of {name} is in stage {stage}: assign one with "
-                            f"`gto assign {name} --version vX.Y.Z --stage {stage}`")
-        version = in_stage[0].version
-    tag = f"{name}@{version}"
-    commit = resolve_commit(f"refs/tags/{tag}^{{commit}}", root)
-    if commit is None:
-        raise RepoError(f"{tag} is not registered here (`gto show {name}` lists the "
-                        "versions; `git fetch --tags` brings a teammate's)")
-    return ArtifactVersion(name, version, commit, declared[name], stage)
+        return RepoError(f"artifact {name!r} is not in dvc.yaml's artifacts "
+                         f"({', '.join(declared) or 'none'})")
+    if version is None:
+        return RepoError(f"no version of {name} is in stage {stage}: assign one with "
+                         f"`gto assign {name} --version vX.Y.Z --stage {stage}`")
+    return RepoError(f"{name}@{version} is not registered here (`gto show {name}` lists the "
+                     "versions; `git fetch --tags` brings a teammate's)")
 
 
 def fetch(root: PathLike, path: str, commit: str, out: PathLike) -> Path:
@@ -186,9 +216,10 @@ class ServableFiles:
 
 
 def fetch_for_serving(root: PathLike, reference: str, folder: PathLike) -> ServableFiles:
-    """The files of ``reference`` in ``folder``, sorted for the server: an adapter with the
-    base of the same commit (served as NAME), a whole model (train.method full) as the base,
-    a GGUF export's ``tuned-TYPE.gguf`` files each as NAME:TYPE."""
+    """The files of ``reference`` in ``folder``, sorted for the server: an adapter (the SFT
+    or the aligned one, both LoRAs) with the base of the same commit (served as NAME), a
+    whole model (train.method full) as the base, a GGUF export's ``tuned-TYPE.gguf`` files
+    each as NAME:TYPE."""
     found = resolve(root, reference)
     folder = Path(folder)
     files = fetch(root, found.path, found.commit, folder / "artifact")

@@ -77,6 +77,15 @@ def read_train_info(trained_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"method": "lora"}
 
 
+def trained_quantization(trained_dir: str | Path) -> tuple[QuantizationParams, str] | None:
+    """(quantization, compute precision) of the base a QLoRA adapter was trained on, as its
+    tunelab_train.json records them; None for an adapter trained on the unquantized base."""
+    info = read_train_info(trained_dir)
+    if not info.get("quantization"):
+        return None
+    return QuantizationParams(**info["quantization"]), info["precision"]
+
+
 def aligned_objective(aligned_dir: str | Path) -> str | None:
     """The objective that trained the adapter in ``aligned_dir`` (dpo, grpo, ...); None
     where the align stage trained nothing (objective none, or no such folder)."""
@@ -102,12 +111,10 @@ def load_trained(base_dir: str | Path, trained_dir: str | Path | None = None):
     else:
         from peft import PeftModel
 
-        info = read_train_info(trained_dir)
-        quantization = info.get("quantization")
-        if quantization:
-            # A QLoRA adapter is evaluated on the quantized base it was trained with.
-            base = load_base(base_dir, QuantizationParams(**quantization), info["precision"])
-            model = PeftModel.from_pretrained(base, str(trained_dir))
+        quantized = trained_quantization(trained_dir)
+        if quantized:
+            # A QLoRA adapter is evaluated (and served) on the quantized base it was trained with.
+            model = PeftModel.from_pretrained(load_base(base_dir, *quantized), str(trained_dir))
         else:
             # Merged weights generate ~2x faster than an unmerged adapter on CPU, the same
             # numbers up to float rounding.
@@ -116,18 +123,31 @@ def load_trained(base_dir: str | Path, trained_dir: str | Path | None = None):
     return model, tokenizer
 
 
-def load_with_adapters(base_dir: str | Path, adapters: dict[str, str | Path]):
-    """(model, tokenizer) in eval mode: the fp32 base with every adapter loaded under
-    its name, unmerged, so one of them (or none) can be chosen per call with
-    ``set_adapter`` / ``disable_adapter``. With no adapters, the plain base."""
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = load_base(base_dir)
-    for index, (name, adapter_dir) in enumerate(adapters.items()):
-        if index == 0:
-            from peft import PeftModel
+def load_with_adapters(base_dir: str | Path, adapters: dict[str, str | Path],
+                       base_name: str = "base"):
+    """({name: the model serving it}, tokenizer), in eval mode. Every adapter is loaded
+    unmerged onto the base it is evaluated on (load_trained): the one fp32 base, which also
+    serves ``base_name``, or for QLoRA adapters their quantized base, one per quantization
+    and shared by the adapters trained with it. Per call one adapter is chosen on its model
+    with ``set_adapter``, or none with ``disable_adapter`` for the base."""
+    from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name)
-        else:
-            model.load_adapter(str(adapter_dir), adapter_name=name)
-    model.eval()
-    return model, tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # {how the base is loaded: (quantization and precision or None, adapter names)}; the
+    # fp32 base always loads: it serves base_name.
+    bases: dict[str, tuple] = {"fp32": (None, [])}
+    for name, adapter_dir in adapters.items():
+        settings = trained_quantization(adapter_dir)
+        key = "fp32" if settings is None else f"{settings[0]!r} compute {settings[1]}"
+        bases.setdefault(key, (settings, []))[1].append(name)
+    served = {}
+    for key, (settings, names) in bases.items():
+        model = load_base(base_dir, *settings) if settings else load_base(base_dir)
+        for index, name in enumerate(names):
+            if index == 0:
+                model = PeftModel.from_pretrained(model, str(adapters[name]), adapter_name=name)
+            else:
+                model.load_adapter(str(adapters[name]), adapter_name=name)
+        model.eval()
+        served.update({name: model for name in ([base_name] if key == "fp32" else []) + names})
+    return served, tokenizer

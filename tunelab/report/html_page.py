@@ -310,6 +310,7 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
                                                     if not key.startswith(HIDDEN_DATA_ROWS)],
         data_plots=[plot for stem, plot in plots if stem in DATA_PLOTS],
         validation=None if validation is None else table_rows(validation),
+        validation_dropped=(validation or {}).get("dropped_untrainable", 0),  # named above the table
         export_columns=EXPORT_COLUMNS,
         export_rows=None if export is None else export_rows(export),
         export_settings=None if export is None else export_settings(export),

@@ -1,9 +1,11 @@
 """One base model with several LoRA adapters in memory, generating on one worker thread.
 
-Adapters are switched on the one shared model (PEFT ``set_adapter`` /
-``disable_adapter``), so two generations must never interleave: every request
-becomes a job (tunelab.serve.jobs) on a single-thread executor, which holds the
-adapter choice from the first token to the last, streaming or not.
+A QLoRA adapter sits on a quantized copy of the base, the one it was trained and
+evaluated on (loading.load_with_adapters), so its served answers are its evaluated ones;
+every other adapter on the one fp32 base. Adapters are switched on the model that holds
+them (PEFT ``set_adapter`` / ``disable_adapter``), so two generations must never
+interleave: every request becomes a job (tunelab.serve.jobs) on a single-thread executor,
+which holds the adapter choice from the first token to the last, streaming or not.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -53,9 +56,12 @@ class _Halt(StoppingCriteria):
 
 class Engine:
     def __init__(self, model, tokenizer, base_name: str, adapter_names: list[str],
-                 max_pending: int = DEFAULT_MAX_PENDING):
+                 max_pending: int = DEFAULT_MAX_PENDING, served_by: dict | None = None):
+        """``model`` serves the base and every adapter, except those ``served_by`` maps
+        to another model (their quantized base)."""
         self.model, self.tokenizer = model, tokenizer
         self.base_name, self.adapter_names = base_name, list(adapter_names)
+        self.served_by = {name: model for name in self.names} | (served_by or {})
         self.max_context = getattr(model.config, "max_position_embeddings", None)
         self.eos_ids = set(stops.stop_ids(tokenizer, model.generation_config))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
@@ -108,44 +114,54 @@ class Engine:
         greedy = job.temperature == 0 or job.top_p == 0
         sampling = {"do_sample": False} if greedy else \
             {"do_sample": True, "temperature": job.temperature, "top_p": job.top_p, "top_k": 0}
-        input_ids = torch.tensor([job.prompt_ids])
-        with torch.inference_mode(), self._selected(job.model):
+        model = self.served_by[job.model]
+        input_ids = torch.tensor([job.prompt_ids], device=model.device)
+        with torch.inference_mode(), self._selected(job.model, model):
             if job.seed is not None:
                 torch.manual_seed(job.seed)
-            self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                max_new_tokens=job.max_new_tokens, pad_token_id=self.pad_id,
-                                eos_token_id=sorted(self.eos_ids),
-                                streamer=_TokenSink(assembler, job),
-                                stopping_criteria=StoppingCriteriaList([_Halt(assembler, job)]),
-                                **sampling)
+            model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                           max_new_tokens=job.max_new_tokens, pad_token_id=self.pad_id,
+                           eos_token_id=sorted(self.eos_ids),
+                           streamer=_TokenSink(assembler, job),
+                           stopping_criteria=StoppingCriteriaList([_Halt(assembler, job)]),
+                           **sampling)
         finish(job, assembler)
 
-    def _selected(self, name: str):
-        """The adapter ``name`` made active (or all disabled for the base) while in use."""
-        if not self.adapter_names:
-            return contextlib.nullcontext()
-        if name == self.base_name:
-            return self.model.disable_adapter()
-        self.model.set_adapter(name, inference_mode=True)
+    def _selected(self, name: str, model):
+        """The adapter ``name`` made active on ``model`` (or all disabled for the base)."""
+        if name != self.base_name:
+            model.set_adapter(name, inference_mode=True)
+        elif isinstance(model, PeftModel):  # LoRA adapters sit on the base: switch them off
+            return model.disable_adapter()
         return contextlib.nullcontext()
 
 
 def load(base_dir: str | Path, adapters: dict[str, Path], base_name: str = "base",
          on_progress: Callable[[str], None] = lambda line: None) -> Engine:
-    from tunelab.errors import ModelSourceError
+    from tunelab.errors import MissingExtraError, ModelSourceError
     from tunelab.models import loading
 
     on_progress(f"loading {base_dir} as '{base_name}'"
                 + (f" with adapters {', '.join(adapters)}" if adapters else ""))
     for name, folder in adapters.items():
-        if loading.read_train_info(folder).get("quantization"):
-            on_progress(f"note: {name} was trained on a quantized base (QLoRA); "
-                        "it is served on the full-precision base")
+        quantized = loading.trained_quantization(folder)
+        if not quantized:
+            continue
+        try:  # checked here: loading's own check names params.yaml, which serving never reads
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MissingExtraError(f"--adapter {name}={folder} was trained with QLoRA and is "
+                                    f"served on its {quantized[0].bits}-bit base: the qlora "
+                                    'extra is not installed: pip install "tunelab[qlora]"') \
+                from None
+        on_progress(f"{name} was trained with QLoRA: it is served on the "
+                    f"{quantized[0].bits}-bit base it was trained and evaluated on")
     try:
-        model, tokenizer = loading.load_with_adapters(base_dir, adapters)
+        served_by, tokenizer = loading.load_with_adapters(base_dir, adapters, base_name)
     except (RuntimeError, ValueError, KeyError) as err:  # e.g. an adapter of another base
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         reason = " ".join(lines[:2])[:300] or type(err).__name__
         raise ModelSourceError(f"cannot load the adapters {', '.join(adapters)} onto "
                                f"{base_dir}: {reason}") from None
-    return Engine(model, tokenizer, base_name, list(adapters))
+    return Engine(served_by[base_name], tokenizer, base_name, list(adapters),
+                  served_by=served_by)

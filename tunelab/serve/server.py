@@ -9,8 +9,9 @@ model and its LoRA adapters (tunelab.serve.engine, transformers), or for GGUF fi
 
 Errors use OpenAI's body ``{"error": {"message", "type", "param", "code"}}``:
 400 for a bad request (also malformed JSON and schema errors, not FastAPI's 422),
-401 for a missing or wrong key, 404 for an unknown model or route, 429 when too many
-requests are pending. A field the server does not honour is a 400 naming it (schemas).
+401 for a missing or wrong key, 404 for an unknown model or route, 413 for a body over
+MAX_BODY_BYTES however it is sent (body_limit), 429 when too many requests are pending.
+A field the server does not honour is a 400 naming it (schemas).
 
 Tools are rendered as training renders them (tunelab.data.tool_calls), and ``<tool_call>``
 blocks in the answer come back as OpenAI's ``tool_calls`` (finish reason ``tool_calls``;
@@ -34,6 +35,7 @@ from pathlib import Path
 from tunelab.chat import reasoning
 from tunelab.data import tool_calls
 from tunelab.deploy.llama_runtime import DEFAULT_CONTEXT
+from tunelab.serve.body_limit import BodyLimit
 from tunelab.serve.schemas import (ApiError, ChatCompletionRequest, CompletionRequest,
                                    SamplingRequest, chat_chunk, chat_response, completion_chunk,
                                    completion_response, error_body, new_id, usage)
@@ -59,6 +61,9 @@ def create_app(engine, api_key: str | None = None,
 
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None)
     app.state.engine = engine
+    # Added first, so it runs inside the key check: a caller without the key gets its 401
+    # before any of the body is read.
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
@@ -68,9 +73,6 @@ def create_app(engine, api_key: str | None = None,
             return _error_response(ApiError(
                 401, "Incorrect or missing API key: send it as 'Authorization: Bearer KEY'",
                 code="invalid_api_key"))
-        if _declared_length(request) > MAX_BODY_BYTES:
-            return _error_response(ApiError(413, f"request body over {MAX_BODY_BYTES} bytes",
-                                            code="request_too_large"))
         return await call_next(request)
 
     @app.exception_handler(ApiError)
@@ -226,11 +228,6 @@ def _key_matches(request, api_key: str) -> bool:
                                                               api_key.encode())
 
 
-def _declared_length(request) -> int:
-    length = request.headers.get("content-length", "0")
-    return int(length) if length.isdigit() else 0  # a garbled one: h11 refuses it anyway
-
-
 def _validation_error(errors) -> ApiError:
     first = errors[0]
     if first.get("type") == "json_invalid":
@@ -376,7 +373,7 @@ def serve(base: Path | None, adapters: list[tuple[str, Path]], base_name: str = 
     loaded = load_engine(base, adapters, base_name, gguf, context, threads,
                          on_progress=lambda line: print(line, file=sys.stderr))
     api_key = resolve_api_key(api_key)
-    if not api_key and not _is_loopback(host):
+    if not api_key and not is_loopback(host):  # only with --allow-no-key (tunelab.cli.serve)
         print(f"warning: serving on {host} without an API key: anyone who can reach this "
               f"port can use the model (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
     app = create_app(loaded, api_key=api_key, max_tokens_limit=max_tokens_limit)
@@ -406,7 +403,7 @@ def _parse_spec(text: str, what: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

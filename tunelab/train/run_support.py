@@ -7,7 +7,6 @@ so that a change to one trainer does not rerun the other's stage (dvc.yaml deps)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -49,8 +48,7 @@ def resolve_precision(precision: str) -> str:
     return "fp32"
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+file_sha256 = checkpoints.file_sha256  # the model card's and the bench's data hash
 
 
 class StepAlignedDVCLive(DVCLiveCallback):
@@ -141,14 +139,13 @@ def resume_point(p, base_dir, data_files, checkpoint_dir, live_dir, writer: bool
                  section: str = "train", data=None):
     """(checkpoint to resume from or None, its CheckpointKeeper) for a run of the params
     section ``p`` (``section``: train or align) on ``data_files`` (and ``data``, examples in
-    memory); the writer also deletes checkpoints of other params/data and restores the
-    live logs."""
-    inputs = [f for f in data_files if f]
-    inputs += [f for f in (Path(base_dir) / "config.json", Path(base_dir) / "tunelab_base.json")
-               if f.is_file()]
-    fingerprint = checkpoints.fingerprint(p, inputs, section, data)
+    memory) and the base model in ``base_dir`` (tunelab.train.checkpoints.fingerprint_parts);
+    the writer also deletes checkpoints of anything else and restores the live logs."""
+    parts = checkpoints.fingerprint_parts(p, [f for f in data_files if f], base_dir, section,
+                                          data)
+    fingerprint = checkpoints.fingerprint(parts)
     if writer:
-        checkpoints.claim(checkpoint_dir, fingerprint, section)
+        checkpoints.claim(checkpoint_dir, parts, section)
     resume_from = checkpoints.latest(checkpoint_dir, fingerprint)
     resumed = checkpoints.read_marker(resume_from) if resume_from else None
     if resume_from and writer:
