@@ -144,8 +144,13 @@ def test_generate_cli_prints_base_and_tuned_answers(trained, tiny_base_dir, caps
                        "--prompt", "Color of sky?", "--compare-base", "--max-new-tokens", "4"])
     out = capsys.readouterr().out
     assert status == 0
-    header = out.splitlines()[1:4]  # rich draws the title, then the column headers
-    assert any("base" in line and "tuned" in line for line in header), out
+    # rich draws the title, then the column headers: "base" and "tuned (PATH)", which wraps
+    # onto a second line when the path is long (a pytest-xdist worker's tmp folder)
+    lines = out.splitlines()
+    header = lines[lines.index(next(l for l in lines if "┏" in l)) + 1:
+                   lines.index(next(l for l in lines if "┡" in l))]
+    columns = [" ".join(cells).split() for cells in zip(*(l.split("┃")[1:-1] for l in header))]
+    assert [words[0] for words in columns] == ["base", "tuned"], out
     assert any(color in out for color in COLORS.values()), out
     tuned_only = cli.main(["generate", "--model", str(work / "adapter"), "--base",
                            str(tiny_base_dir), "--prompt", "Color of sky?", "--max-new-tokens", "4"])
