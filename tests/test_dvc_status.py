@@ -88,6 +88,15 @@ def test_export_quantizations_mark_export_and_the_report_that_shows_it(locked_co
     assert _changed(locked_copy) == {"export", "report"}
 
 
+def test_heldout_off_or_another_file_marks_evaluate_with_dvc_yaml_unedited(locked_copy):
+    # the report reads the evaluate section too (it names the held-out file)
+    _set_param(locked_copy, "evaluate.heldout", '""')  # none: no dep path to drop by hand
+    assert _changed(locked_copy) == {"evaluate", "report"}
+    (locked_copy / "data/heldout/mine.jsonl").write_text('{"prompt": "q", "completion": "a"}\n')
+    _set_param(locked_copy, "evaluate.heldout", "data/heldout/mine.jsonl")
+    assert _changed(locked_copy) == {"evaluate", "report"}
+
+
 def edit_line(path, marker: str) -> None:
     text = path.read_text()
     assert marker in text

@@ -44,7 +44,7 @@ PIPELINE = {
               "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear",
                        "use_dora": False, "use_rslora": False}},
     "evaluate": {"max_examples": 4, "max_new_tokens": 8, "batch_size": 4,
-                 "heldout": "data/families-heldout.jsonl"},
+                 "heldout": "data/heldout/families.jsonl"},
     "export": {"quantizations": ["f32"], "speed_examples": 1},
 }
 # What each family's models/base stops on, as token texts (tunelab.chat.stops).
@@ -101,7 +101,7 @@ def family_run(tmp_path_factory):
         data = repo / "data/families/hi.jsonl"
         data.parent.mkdir(parents=True)
         data.write_text("".join(json.dumps(r) + "\n" for r in hi_records()))
-        heldout = repo / "data/families-heldout.jsonl"  # the tickets' would cost minutes
+        heldout = repo / "data/heldout/families.jsonl"  # the tickets' would cost minutes
         heldout.write_text("".join(json.dumps(r) + "\n" for r in hi_records()[:2]))
         run_tool(["git", "add", "-A"], repo)
         run_tool(["git", "commit", "-qm", f"{name} data"], repo)

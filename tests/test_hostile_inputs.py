@@ -277,6 +277,9 @@ PARAMS_CASES = [
      "(use _ or - instead)"),
     ("absolute raw_dir", "prepare.raw_dir", "/etc", "prepare.raw_dir: '/etc' is an absolute "
      "path (give one relative to the repository: DVC tracks files inside it)"),
+    ("heldout outside data/heldout", "evaluate.heldout", "data/raw/tickets.jsonl",
+     "evaluate.heldout: 'data/raw/tickets.jsonl' is not in data/heldout/, the folder the "
+     "evaluate stage depends on in dvc.yaml (move the file there, or \"\" for none)"),
     ("heldout outside the repo", "evaluate.heldout", "data/../../t.jsonl", "evaluate.heldout: "
      "'data/../../t.jsonl' has a '..' part, which can lead out of the repository (give the "
      "path inside it without '..')"),

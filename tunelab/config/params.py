@@ -243,11 +243,21 @@ class AlignParams(Section):
                                                      or self.objective_beta > 0)
 
 
+HELDOUT_DIR = "data/heldout"  # the evaluate stage's dvc.yaml dep: the file must be inside
+
+
+def _in_heldout_dir(value: str) -> str:
+    if value and not value.startswith(HELDOUT_DIR + "/"):
+        raise complaint(f"{value!r} is not in {HELDOUT_DIR}/, the folder the evaluate stage "
+                        f"depends on in dvc.yaml (move the file there, or \"\" for none)")
+    return value
+
+
 class EvaluateParams(Section):
     max_new_tokens: Int = Field(64, gt=0)
     batch_size: Int = Field(24, gt=0)
     max_examples: Int = Field(0, ge=0)
-    heldout: RepoPathOrNone = ""
+    heldout: Annotated[RepoPathOrNone, AfterValidator(_in_heldout_dir)] = ""
 
 
 class ExportParams(Section):

@@ -4,7 +4,7 @@ way is better for a metric when nothing says.
 A metric name is a dotted key of a metrics file (``tuned.loss``, ``train.eval_loss``,
 ``tuned.task_accuracy``). Where a direction is written down (params.yaml ``check:``, a sweep
 file's ``direction:``) that one counts; where it is not (the run report's base-vs-tuned
-table, `tunelab watch --metric`), a name ending in one of LOWER_IS_BETTER_SUFFIXES is
+table), a name ending in one of LOWER_IS_BETTER_SUFFIXES is
 lower-is-better and every other metric higher-is-better.
 """
 
