@@ -64,7 +64,7 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
                  else f"{', '.join(emptied[:-1])} and {emptied[-1]} splits")
         raise DataError(f"every example of the {named} "
                         f"leaves no answer token within train.max_length={train.max_length} (the "
-                        f"first: {untrainable[0]['source']}); raise train.max_length (`tunelab "
+                        f"first: {splits[emptied[0]][0]['source']}); raise train.max_length (`tunelab "
                         "analyze-data` shows the lengths)")
     splits = kept
 

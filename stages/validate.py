@@ -54,7 +54,7 @@ def main(prepared_dir: str, base_dir: str, validation_metrics: str, preview: str
     files.write_json_atomic(validation_metrics, result.summary())
     files.write_text_atomic(preview, "Tokens inside [[ ]] carry the training loss.\n\n"
                             + result.preview + "\n")
-    print(f"validate: {result.checked - len(result.dropped)} examples OK, {result.truncated} "
+    print(f"validate: {result.kept} examples OK, {result.truncated} "
           f"truncated at max_length={max_length}"
           + (f", {len(result.dropped)} left out of training (validate.untrainable=drop)"
              if result.dropped else ""))

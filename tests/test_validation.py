@@ -164,6 +164,13 @@ def test_untrainable_examples_are_those_no_answer_token_of_fits(tokenizer):
     assert validation.untrainable_examples([SHORT, LONG], tokenizer, 42) == []
 
 
+def test_a_chat_with_no_trained_turn_is_not_set_aside_as_cut_by_max_length(tokenizer):
+    # Nothing of it was cut: no turn asks for loss ("train": false), a different matter.
+    opted_out = {"messages": [SHORT["messages"][0], {**SHORT["messages"][1], "train": False}],
+                 "task": None, "source": "a.jsonl:3"}
+    assert validation.untrainable_examples([opted_out, LONG], tokenizer, 40) == [LONG]
+
+
 def test_report_validation_section_names_the_dropped_records():
     from tunelab.report import html_page
 

@@ -55,8 +55,10 @@ def validate_data(args) -> int:
         return 2
     text_split = _param_or_default("prepare", "text_split")
     # params.yaml's column and role maps apply here as in the prepare and align stages.
-    mapping_for = columns.from_params(_section_or_default("prepare"),
-                                      _param_or_default("prepare", "raw_dir"))
+    prepare_section = _section_or_default("prepare")
+    mapping_for = columns.from_params(prepare_section, _param_or_default("prepare", "raw_dir"))
+    # The align stage maps preference files with the global maps only (no per_file globs).
+    preference_map = columns.build(prepare_section.columns, prepare_section.roles)
     tokenizer = None
     if Path(args.base, "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
@@ -68,13 +70,14 @@ def validate_data(args) -> int:
     # Preference files (align.data) are read as the align stage reads them, the rest as
     # the prepare stage reads SFT data: the SFT reader would refuse every preference record.
     preference_files = [f for f in args.files if args.preferences
-                        or preferences.is_preference_file(f, mapping_for(f), text_split)]
+                        or preferences.is_preference_file(f, preference_map, text_split)]
     sft_files = [f for f in args.files if f not in preference_files]
     checked = []  # (warnings, errors, the summary line when there are no errors)
     if sft_files:
         checked.append(_check_sft_files(args, sft_files, tokenizer, text_split, mapping_for))
     if preference_files:
-        checked.append(_check_preference_files(args, preference_files, tokenizer, mapping_for))
+        checked.append(_check_preference_files(args, preference_files, tokenizer,
+                                               lambda _: preference_map))
     warnings = [warning for found, _, _ in checked for warning in found]
     errors = [error for _, found, _ in checked for error in found]
     for warning in warnings:
@@ -109,7 +112,7 @@ def _check_sft_files(args, paths: list[Path], tokenizer, text_split: str, mappin
     dropped = (f"; {len(result.dropped)} left out of training: no answer token fits"
                if result.dropped else "")
     return result.warnings, result.errors, (
-        f"OK: {result.checked - len(result.dropped)} examples in {len(paths)} files "
+        f"OK: {result.kept} examples in {len(paths)} files "
         f"({result.truncated} longer than max_length={max_length}{dropped})")
 
 

@@ -33,6 +33,11 @@ class ValidationResult:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def kept(self) -> int:
+        """Examples checked and left in training (the untrainable ones dropped are not)."""
+        return self.checked - len(self.dropped)
+
     def summary(self) -> dict:
         return {"examples_checked": self.checked, "errors": len(self.errors),
                 "error_messages": self.errors[:50], "warnings": self.warnings,
@@ -68,7 +73,7 @@ def check_examples(examples: list[dict], tokenizer, max_length: int,
             result.errors.append(f"{source}: the chat template loses the EOS token {eos!r} after the "
                                  "answer (and writes no end-of-turn token), so the model would "
                                  "never learn to stop")
-        elif encoded.loss_tokens == 0:  # judged below, once the share of them is known
+        elif encoded.truncated and encoded.loss_tokens == 0:  # judged below, by their share
             cannot_train.append((source, f"{source}: the prompt alone is {encoded.prompt_tokens} "
                                  "tokens, so no answer token survives train.max_length="
                                  f"{max_length}"))
@@ -122,8 +127,11 @@ def untrainable_examples(examples: list[dict], tokenizer, max_length: int,
     """The examples whose prompt leaves no answer token within ``max_length``: the prepare
     stage keeps them out of every split, for check_examples to judge. Plain text always
     trains: a long document becomes windows."""
-    return [example for example in examples if "messages" in example
-            and encoding.encode(tokenizer, example, max_length, train_on).loss_tokens == 0]
+    def cut_to_no_answer(example: dict) -> bool:  # not: a chat none of whose turns trains
+        encoded = encoding.encode(tokenizer, example, max_length, train_on)
+        return encoded.truncated and encoded.loss_tokens == 0
+
+    return [example for example in examples if "messages" in example and cut_to_no_answer(example)]
 
 
 def validate_files(paths, tokenizer, max_length: int, fmt: str = "auto",
