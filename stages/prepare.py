@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from tunelab import pipeline
 from tunelab.chat import reasoning
 from tunelab.config import params
-from tunelab.data import analysis, columns, prepare, validation
+from tunelab.data import analysis, columns, prepare
 from tunelab.errors import DataError
 from tunelab.util import files
 
@@ -53,8 +53,7 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
     # split, so train never sees it; the validate stage judges the set-aside file
     # (validate.untrainable: drop leaves them out, fail stops the run). Each example's split
     # depends on it alone, so the others stay where they were.
-    untrainable = validation.untrainable_examples(unique, tokenizer, train.max_length,
-                                                  train.train_on)
+    untrainable = analyzed.untrainable
     set_aside = {example["source"] for example in untrainable}
     kept = {name: [e for e in examples if e["source"] not in set_aside]
             for name, examples in splits.items()}

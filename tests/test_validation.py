@@ -160,15 +160,24 @@ def test_untrainable_fail_is_an_error_and_not_counted_as_truncated(tokenizer):
 
 def test_untrainable_examples_are_those_no_answer_token_of_fits(tokenizer):
     text = {"text": "word " * 100, "task": None, "source": "t.jsonl:1"}  # windows: always trains
-    assert validation.untrainable_examples([SHORT, LONG, text], tokenizer, 40) == [LONG]
-    assert validation.untrainable_examples([SHORT, LONG], tokenizer, 42) == []
+    assert untrainable([SHORT, LONG, text], tokenizer, 40) == [LONG]
+    assert untrainable([SHORT, LONG, LONG], tokenizer, 40) == [LONG]  # as deduplicated
+    assert untrainable([SHORT, LONG], tokenizer, 42) == []
 
 
 def test_a_chat_with_no_trained_turn_is_not_set_aside_as_cut_by_max_length(tokenizer):
     # Nothing of it was cut: no turn asks for loss ("train": false), a different matter.
     opted_out = {"messages": [SHORT["messages"][0], {**SHORT["messages"][1], "train": False}],
                  "task": None, "source": "a.jsonl:3"}
-    assert validation.untrainable_examples([opted_out, LONG], tokenizer, 40) == [LONG]
+    assert untrainable([opted_out, LONG], tokenizer, 40) == [LONG]
+
+
+def untrainable(examples: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """What the prepare stage sets aside: analysis.analyze's ``untrainable``."""
+    from tunelab.data import analysis
+
+    return analysis.analyze(examples, tokenizer, max_length=max_length, train_on="all_assistant",
+                            format_counts={}).untrainable
 
 
 def test_report_validation_section_names_the_dropped_records():

@@ -55,6 +55,8 @@ LISTED_PAIRS = 10             # near-duplicate pairs named in metrics/data.json 
 class Analysis:
     figures: dict  # what `tunelab analyze-data` prints and metrics/data.json keeps as "analysis"
     tokens: dict   # prepare.length_stats of the distinct examples: metrics/data.json's "tokens"
+    untrainable: list[dict]  # the distinct chat examples max_length cuts before any answer
+    # token: the prepare stage keeps them out of every split (validate.untrainable judges them)
 
 
 def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
@@ -66,10 +68,12 @@ def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
         raise DataError("no examples to analyze")
     if any("messages" in e for e in examples) and not tokenizer.chat_template:
         raise DataError(encoding.NO_TEMPLATE)
-    lengths, rows, truncated = [], [], []
-    for example in examples:
+    lengths, rows, truncated, cut = [], [], [], set()
+    for index, example in enumerate(examples):
         encoded = encoding.encode(tokenizer, example, max_length, train_on)
         lengths.append(encoded.full_tokens)  # before truncation: what max_length must cover
+        if "messages" in example and encoded.cut_to_no_answer:  # text: windows always train
+            cut.add(index)
         rows += training_rows(tokenizer, example, encoded, max_length, train_on, text_stride)
         if encoded.truncated and "text" not in example:
             truncated.append(encoded)
@@ -95,8 +99,9 @@ def analyze(examples: list[dict], tokenizer, *, max_length: int, train_on: str,
         "tasks": dict(sorted(Counter(e.get("task") or "(none)" for e in examples).items())),
         "formats": dict(sorted(format_counts.items())),
     }
-    kept_lengths = [lengths[i] for i in prepare.distinct_indexes(examples)]  # of what prepare keeps
-    return Analysis(figures, prepare.length_stats(kept_lengths))
+    kept = prepare.distinct_indexes(examples)  # the examples prepare keeps
+    return Analysis(figures, prepare.length_stats([lengths[i] for i in kept]),
+                    [examples[i] for i in kept if i in cut])
 
 
 def training_rows(tokenizer, example: dict, encoded: encoding.Encoded, max_length: int,

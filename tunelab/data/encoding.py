@@ -44,6 +44,12 @@ class Encoded:
     def loss_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
+    @property
+    def cut_to_no_answer(self) -> bool:
+        """max_length cut it before any answer token: it cannot train (validate.untrainable).
+        Not a chat none of whose turns asks for loss: nothing of that was cut."""
+        return self.truncated and self.loss_tokens == 0
+
 
 def split_prompt(example: dict) -> tuple[list[dict], dict]:
     """Chat example -> (prompt messages, final assistant message)."""

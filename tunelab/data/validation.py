@@ -5,7 +5,7 @@ Parsing errors (bad JSON, missing fields, unknown roles, ...) come from
 run through the same ``encoding.encode`` the trainer uses.
 
 An example whose prompt leaves no answer token within train.max_length is untrainable.
-The prepare stage sets such examples aside (untrainable_examples), so no split holds one;
+The prepare stage sets such examples aside (analysis.analyze's ``untrainable``), so no split holds one;
 this module judges them (``untrainable``, validate.untrainable): ``fail`` makes each an
 error, ``drop`` names each in a warning and leaves it out of training, unless more than
 validate.max_dropped_ratio of the examples are, when each is an error again.
@@ -73,7 +73,7 @@ def check_examples(examples: list[dict], tokenizer, max_length: int,
             result.errors.append(f"{source}: the chat template loses the EOS token {eos!r} after the "
                                  "answer (and writes no end-of-turn token), so the model would "
                                  "never learn to stop")
-        elif encoded.truncated and encoded.loss_tokens == 0:  # judged below, by their share
+        elif encoded.cut_to_no_answer:  # judged below, by their share
             cannot_train.append((source, f"{source}: the prompt alone is {encoded.prompt_tokens} "
                                  "tokens, so no answer token survives train.max_length="
                                  f"{max_length}"))
@@ -120,18 +120,6 @@ def _judge_untrainable(result: ValidationResult, untrainable_examples: list[tupl
             f"{max_dropped_ratio:g} to leave out of training: each is an error")
     result.errors += [f"{reason} (raise train.max_length or shorten it)"
                       for _, reason in untrainable_examples]
-
-
-def untrainable_examples(examples: list[dict], tokenizer, max_length: int,
-                         train_on: str = "all_assistant") -> list[dict]:
-    """The examples whose prompt leaves no answer token within ``max_length``: the prepare
-    stage keeps them out of every split, for check_examples to judge. Plain text always
-    trains: a long document becomes windows."""
-    def cut_to_no_answer(example: dict) -> bool:  # not: a chat none of whose turns trains
-        encoded = encoding.encode(tokenizer, example, max_length, train_on)
-        return encoded.truncated and encoded.loss_tokens == 0
-
-    return [example for example in examples if "messages" in example and cut_to_no_answer(example)]
 
 
 def validate_files(paths, tokenizer, max_length: int, fmt: str = "auto",
