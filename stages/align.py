@@ -2,7 +2,8 @@
 
 Usage (dvc.yaml): python stages/align.py BASE_DIR SFT_ADAPTER_DIR DATA ALIGNED_DIR
                   CHECKPOINT_DIR LIVE_DIR
-Reads params `align` (DATA is align.data, interpolated by dvc.yaml) and prepare's split
+Reads params `align` (DATA is align.data, interpolated by dvc.yaml), evaluate.scorer (GRPO's
+reward is the evaluate scorer's scores, weighted by align.reward) and prepare's split
 keys (val_ratio, test_ratio, seed, group_by, columns, roles: preference files split as the
 SFT data is, so a template held out of SFT is held out here too); writes ALIGNED_DIR (the
 SFT adapter trained on by the objective, loadable as models/adapter is, with
@@ -16,6 +17,7 @@ SFT adapter. Trained on the train pairs; the val and test pairs (templates SFT d
 train on either) are the held-out pairs whose preference accuracy the summary reports.
 """
 
+import json
 from pathlib import Path
 
 from tunelab import pipeline
@@ -43,17 +45,23 @@ def main(base_dir: str, sft_adapter_dir: str, data: str, aligned_dir: str,
     # Imported once params.yaml has passed (torch, transformers and TRL take seconds).
     from transformers import AutoTokenizer
 
-    from tunelab.eval import reward
-    from tunelab.train import align
+    from tunelab.eval import reward, scorers
+    from tunelab.train import align, align_data
 
     splits = preferences.load_splits(data, p.format, params.load("prepare"),
                                      AutoTokenizer.from_pretrained(base_dir), p.max_length)
     heldout = splits["val"] + splits["test"]
-    reward_funcs = [reward.reward_function(p.reward)]
+    reward_funcs = []
+    if p.objective == "grpo":  # rewarded by the evaluate scorer (evaluate.scorer)
+        spec = params.load("evaluate").scorer
+        prompts = align_data.to_grpo_dataset(splits["train"])
+        reward.check_weights(scorers.load(spec), prompts["reference"],
+                             [json.loads(r) for r in prompts["record"]], p.reward)
+        reward_funcs = [reward.reward_function(spec, p.reward)]
     with files.atomic_path(aligned_dir) as staging, files.atomic_path(live_dir) as live:
         summary = align.align(p, base_dir, sft_adapter_dir, splits["train"], staging,
                               checkpoint_dir, live, eval_examples=heldout,
-                              reward_funcs=reward_funcs if p.objective == "grpo" else ())
+                              reward_funcs=reward_funcs)
         seconds = summary.pop("train_seconds")  # the files hold what equal runs share
         summary["pairs"] = {"train": len(splits["train"]), "heldout": len(heldout)}
         files.write_json_atomic(Path(live) / "summary.json", summary)

@@ -13,7 +13,7 @@ from tunelab import pipeline
 from tunelab.config import params
 from tunelab.data import multitask
 from tunelab.errors import DataError
-from tunelab.eval import evaluation
+from tunelab.eval import evaluation, scorers
 from tunelab.models import loading
 from tunelab.util import files
 
@@ -23,6 +23,7 @@ def main(params_file: str, base_dir: str, adapters_dir: str, test_file: str,
     tasks = multitask.load_params(params_file).tasks
     p = params.load("evaluate", params_file)
     test_examples = files.read_jsonl(test_file)
+    scorer = scorers.load(p.scorer)
     base_model, tokenizer = loading.load_trained(base_dir)
     results = {}
     for task in tasks:
@@ -30,13 +31,13 @@ def main(params_file: str, base_dir: str, adapters_dir: str, test_file: str,
         if not examples:
             raise DataError(f"{test_file}: no test examples of task {task!r}")
         base = evaluation.evaluate_model(base_model, tokenizer, examples, p.max_new_tokens,
-                                         p.batch_size, desc=f"{task}: base")
+                                         p.batch_size, f"{task}: base", scorer)
         tuned_model, _ = loading.load_trained(base_dir, Path(adapters_dir) / task)
         tuned = evaluation.evaluate_model(tuned_model, tokenizer, examples, p.max_new_tokens,
-                                          p.batch_size, desc=f"{task}: tuned")
+                                          p.batch_size, f"{task}: tuned", scorer)
         del tuned_model
         results[task] = {**evaluation.compare(base, tuned), "examples": len(examples)}
-        for key in ("task_accuracy", "exact_match", "loss"):
+        for key in [k for k in ("task_accuracy", "exact_match", "loss") if k in base.metrics]:
             print(f"evaluate_tasks: {task}: {key}: base {base.metrics[key]:.4f} -> tuned "
                   f"{tuned.metrics[key]:.4f}")
     files.write_json_atomic(eval_metrics, {"tasks": results})

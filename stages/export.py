@@ -6,7 +6,7 @@ The run's model is the aligned adapter where the align stage trained one (ALIGNE
 else the SFT result (ADAPTER_DIR); its answers and scores in SAMPLES and EVAL_METRICS are
 what the GGUF files are held to.
 Reads params `export`, `evaluate` (max_new_tokens, max_examples: the evaluation's
-examples and budget) and `prepare.system_prompt` (the Modelfile's SYSTEM); writes
+examples and budget; scorer: the GGUF answers are scored as evaluate scored them) and `prepare.system_prompt` (the Modelfile's SYSTEM); writes
 GGUF_DIR (tuned-TYPE.gguf per export.quantizations, adapter-f32.gguf, Modelfile) and
 EXPORT_METRICS (tunelab.deploy.parity). A prompt-template difference fails the stage
 unless export.allow_template_drift; then nothing is written.
@@ -19,6 +19,7 @@ from tunelab import pipeline
 from tunelab.config import params
 from tunelab.deploy import build, parity
 from tunelab.errors import DataError, DeployError
+from tunelab.eval import scorers
 from tunelab.eval.inference import resolve_model
 from tunelab.models import loading
 from tunelab.util import files
@@ -52,7 +53,8 @@ def main(base_dir: str, adapter_dir: str, aligned_dir: str, test_file: str, eval
             p.quantizations, p.lora, tokenizer, system_prompt, evaluate.max_new_tokens,
             check_prompts=split.messages)
         result = parity.check(contenders, split, files.read_json(eval_metrics)[shipped], speed,
-                              evaluate.max_new_tokens, p.speed_examples, threads)
+                              evaluate.max_new_tokens, p.speed_examples, threads,
+                              scorers.load(evaluate.scorer))
         drift = parity.template_drift(result)
         if drift and not p.allow_template_drift:
             shown = ", ".join(f"{name}: {count}" for name, count in drift.items())

@@ -1,4 +1,5 @@
-"""Stage: draw the training curves (and the alignment's), the base-vs-tuned bars and the
+"""Stage: draw the training curves (and the alignment's), the base-vs-tuned bars, the
+general-ability bars (eval.json's "general" block, when the evaluate stage wrote one) and the
 token-length histogram as PNGs.
 
 Usage (dvc.yaml): python stages/plot.py LIVE_DIR ALIGN_DIR EVAL_METRICS DATA_STATS PLOTS_DIR
@@ -20,6 +21,7 @@ from tunelab.util import files
 def main(live_dir: str, align_dir: str, eval_metrics: str, data_stats: str, plots_dir: str) -> int:
     plot_params = params.load("plot")
     figures = [(eval_metrics, plotting.plot_base_vs_tuned, "base_vs_tuned.png"),
+               (eval_metrics, plotting.plot_general, "general.png"),
                (data_stats, plotting.plot_token_lengths, "token_lengths.png")]
     with files.atomic_path(plots_dir) as staging_dir:
         staging_dir.mkdir()

@@ -2,12 +2,13 @@
 GGUF file and one for the alignment.
 
 Usage (dvc.yaml): python stages/report.py EVAL_METRICS SAMPLES DATA_STATS VALIDATION
-                  EXPORT ALIGN_SUMMARY PLOTS_DIR REPORT
-Reads EVAL_METRICS (required), SAMPLES, DATA_STATS, VALIDATION, EXPORT (the export stage's
-GGUF parity metrics), ALIGN_SUMMARY (the align stage's summary.json: the Alignment section,
-left out when its objective is "none") and PLOTS_DIR/*.png (each optional: the report says
-what is missing), plus the params sections it shows; writes REPORT, one self-contained HTML
-file.
+                  EXPORT ALIGN_SUMMARY JUDGE PLOTS_DIR REPORT
+Reads EVAL_METRICS (required; its "general" block is the General ability section), SAMPLES,
+DATA_STATS, VALIDATION, EXPORT (the export stage's GGUF parity metrics), ALIGN_SUMMARY (the
+align stage's summary.json: the Alignment section, left out when its objective is "none"),
+JUDGE (the judge stage's metrics/judge.json: the Judge section, left out when the file is
+not there) and PLOTS_DIR/*.png (each optional: the report says what is missing), plus the
+params sections it shows; writes REPORT, one self-contained HTML file.
 """
 
 from pathlib import Path
@@ -24,7 +25,7 @@ LOG_WIDTH = 140  # columns: the table with the aligned model's three columns nee
 
 
 def main(eval_metrics: str, samples: str, data_stats: str, validation: str, export: str,
-         align_summary: str, plots_dir: str, report: str) -> int:
+         align_summary: str, judge: str, plots_dir: str, report: str) -> int:
     report_params = params.load("report")
     # Validated sections, defaults filled in: the report shows what the run used (less the
     # knobs that change no result, which dvc.yaml does not declare for this stage either).
@@ -36,6 +37,7 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
     metrics = files.read_json(eval_metrics)
     export_metrics = _read_optional_json(export)
     align_metrics = _read_optional_json(align_summary)
+    judge_metrics = _read_optional_json(judge)
     html = html_page.build_report(
         eval_metrics=metrics,
         params=shown_params,
@@ -44,6 +46,7 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
         validation=_read_optional_json(validation),
         export=export_metrics,
         align_summary=align_metrics,
+        judge=judge_metrics,
         plot_paths=sorted(Path(plots_dir).glob("*.png")),
         max_samples=report_params.max_samples,
     )
@@ -57,9 +60,11 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
     console.print(html_page.summary_table(metrics))
     if export_metrics is not None:
         console.print(html_page.export_summary(export_metrics), soft_wrap=True)
-    alignment_line = html_page.alignment_summary(align_metrics)
-    if alignment_line:  # None: no alignment ran
-        print(alignment_line)
+    # Each None: no such block (no alignment ran, no general check, no judge.json)
+    for line in (html_page.alignment_summary(align_metrics),
+                 html_page.general_summary(metrics), html_page.judge_summary(judge_metrics)):
+        if line:
+            print(line)
     print(f"report: wrote {report}")
     return 0
 

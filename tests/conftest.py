@@ -181,7 +181,8 @@ TINY_PIPELINE = {  # one optimizer step, two test examples: seconds per stage on
     "prepare": {"val_ratio": 0.01},
     "train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "save_steps": 0,
               "logging_steps": 1, "warmup_ratio": 0.0},
-    "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
+    "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2,
+                 "general_max_new_tokens": 4},  # the general set's 110 prompts, 4 tokens each
     "export": {"quantizations": ["q8_0"], "speed_examples": 1},
 }
 

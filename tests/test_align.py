@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from tunelab.train import align_data
 from tunelab.config.params import AlignParams
 from tunelab.train.align import align
 
+REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = ["The printer on floor 2 is jammed.", "I cannot log in to my email.",
              "The VPN drops every hour.", "My laptop screen flickers."]
 TEAMS = ["hardware", "accounts", "network", "hardware"]
@@ -122,13 +124,14 @@ def test_kto_starts_at_half_against_the_sft_model_and_loss_falls(
 
 def test_grpo_rewards_completions_against_the_reference_column(
         tmp_path, tiny_base_dir, sft_adapter):
-    from tunelab.eval.reward import RewardWeights, completion_text, reward_function
+    from tunelab.config.params import DEFAULT_REWARD
+    from tunelab.eval.reward import completion_text, reward_function
 
     seen_references = []
 
     class RecordingReward:
         __name__ = "task_reward"
-        reward = reward_function(RewardWeights())
+        reward = reward_function("auto", DEFAULT_REWARD)
 
         def __call__(self, completions, reference, **kwargs):
             seen_references.extend(reference)
@@ -184,6 +187,40 @@ def test_grpo_raises_a_reward_the_tiny_model_can_learn(tmp_path, tiny_base_dir, 
     assert recorder.values("kl")[-1] > 0
 
 
+SHORT_ANSWER = f"{REPO}/configs/scorers/short_answer.py:score"
+NUMBER_QUESTIONS = [({"role": "user", "content": question}, answer) for question, answer in
+                    [("How many legs has a spider? Answer with the number only.", "8"),
+                     ("What is 6 times 7? Answer with the number only.", "42")]]
+
+
+def test_grpo_raises_the_shipped_short_answer_scorers_reward(tmp_path, tiny_base_dir, sft_adapter):
+    """The plugin scorer (configs/scorers/short_answer.py) is GRPO's reward through
+    align.reward's weights, by the same path the align stage takes (reward_function with
+    the scorer's spec). A random tiny model never writes the right number, so what it can
+    raise is `concise` (1 / words): shorter answers. The mean reward rises."""
+    from tunelab.eval import reward, scorers
+
+    examples = [{"messages": [question, {"role": "assistant", "content": answer}],
+                 "source": f"numbers.jsonl:{line}"}
+                for line, (question, answer) in enumerate(NUMBER_QUESTIONS, start=1)]
+    weights = {"correct": 0.8, "concise": 0.2}
+    prompts = align_data.to_grpo_dataset(examples)
+    reward.check_weights(scorers.load(SHORT_ANSWER), prompts["reference"],
+                         [json.loads(r) for r in prompts["record"]], weights)
+    steps = 16
+    settings = AlignParams(objective="grpo", max_steps=steps, beta=0.04, num_generations=8,
+                           max_completion_length=8, temperature=0.3, reward=weights,
+                           **{**TINY, "batch_size": 2, "learning_rate": 3e-3})
+    _, recorder = run(tmp_path, tiny_base_dir, sft_adapter, settings, examples,
+                      reward_funcs=[reward.reward_function(SHORT_ANSWER, weights)])
+    rewards = recorder.values("reward")
+    assert len(rewards) == steps
+    assert rewards[0] == pytest.approx(EXPECTED_FIRST_SHORT_ANSWER_REWARD, abs=1e-6)
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first * 1.25, rewards  # measured 0.0437 -> 0.0606
+    assert recorder.values("rewards/task_reward/mean") == rewards  # the one reward function
+
+
 def test_datasets_carry_the_columns_trl_reads():
     paired = align_data.to_preference_dataset(PAIRS)
     assert paired.column_names == ["prompt", "chosen", "rejected"]
@@ -216,6 +253,7 @@ def check_saved_adapter(adapter_dir, base_dir, sft_dir, objective, steps):
 # Tiny seeded Llama, SFT adapter r4 seed 1, fp32, CPU, TRL 1.16 / PEFT 0.21 / torch 2.13: the
 # first DPO and KTO values are exact (policy == reference); a library upgrade that moves the
 # rest says so here.
+EXPECTED_FIRST_SHORT_ANSWER_REWARD = 0.041488  # ~5 words per 8-token answer: 0.2 / 5
 EXPECTED_DPO_LOSSES = [0.693147, 0.541675, 0.442924, 0.383534, 0.349459]
 EXPECTED_ORPO_LOSSES = [13.982590, 13.810425, 13.678691, 13.584371, 13.523805]
 EXPECTED_KTO_LOSSES = [0.5, 0.453814, 0.420301, 0.396818, 0.381585]

@@ -31,9 +31,10 @@ ALLOWED_IMPORTS = {
     "experiments": {"eval", "report", "train", "data", "models", "chat", "config", "util",
                     "errors"},
     "bench": {"serve", "train", "eval", "models", "data", "chat", "config", "util", "errors"},
+    "judge": {"deploy", "eval", "models", "data", "chat", "config", "util", "errors"},
     "pipeline": {"config", "errors"},
-    "cli": {"experiments", "adapters", "deploy", "serve", "bench", "eval", "report", "train",
-            "data", "models", "chat", "config", "util", "errors"},
+    "cli": {"experiments", "adapters", "deploy", "serve", "bench", "judge", "eval", "report",
+            "train", "data", "models", "chat", "config", "util", "errors"},
 }
 
 # Files a module reads at run time that are not Python: a stage that runs the module

@@ -97,6 +97,27 @@ def test_heldout_off_or_another_file_marks_evaluate_with_dvc_yaml_unedited(locke
     assert _changed(locked_copy) == {"evaluate", "report"}
 
 
+def test_editing_a_scorer_or_choosing_one_marks_only_the_stages_that_score(locked_copy):
+    """evaluate (the metrics), align (GRPO's reward) and export (the GGUF parity check) read
+    the scorer; nothing upstream of them does."""
+    scorer = locked_copy / "configs/scorers/short_answer.py"
+    scorer.write_text(scorer.read_text() + "\n# edited\n")
+    assert _changed(locked_copy) == {"evaluate", "align", "export"}
+    run([*DVC, "commit", "-f", "dvc.yaml"], locked_copy)
+    _set_param(locked_copy, "evaluate.scorer", "configs/scorers/short_answer.py:score")
+    assert _changed(locked_copy) == {"evaluate", "align", "export", "report"}
+
+
+def test_the_general_set_and_the_judge_mark_only_their_stages(locked_copy):
+    general = locked_copy / "data/general/general.jsonl"
+    general.write_text(general.read_text() + general.read_text().splitlines(True)[0]
+                       .replace('"if-', '"if-copy-'))
+    assert _changed(locked_copy) == {"evaluate"}
+    run([*DVC, "commit", "-f", "dvc.yaml"], locked_copy)
+    _set_param(locked_copy, "judge.criteria", "[correctness]")
+    assert _changed(locked_copy) == {"judge"}
+
+
 def edit_line(path, marker: str) -> None:
     text = path.read_text()
     assert marker in text

@@ -63,7 +63,7 @@ def test_planted_regression_fails_naming_the_metric(metrics_repo, capsys):
     captured = capsys.readouterr()
     assert captured.err == ("FAIL tuned.task_accuracy: 0.721429 -> 0.671429 (-0.05; higher is "
                             "better, tolerance 0.02)\n")
-    assert "1 of 4 tracked metrics worse than allowed" in captured.out
+    assert "1 of 5 tracked metrics worse than allowed" in captured.out
 
 
 def test_regression_committed_then_identical_rerun_passes(metrics_repo, capsys):
@@ -77,7 +77,7 @@ def test_regression_committed_then_identical_rerun_passes(metrics_repo, capsys):
     # An identical rerun of the committed run passes against that commit.
     assert cli.main(["check", "--baseline", "HEAD"]) == 0
     out = capsys.readouterr().out
-    assert "OK: 4 tracked metrics within tolerance of HEAD" in out
+    assert "OK: 5 tracked metrics within tolerance of HEAD" in out
     assert "tuned.task_accuracy" in out and "worse" not in out
 
 
@@ -85,7 +85,7 @@ def test_changes_within_tolerance_or_for_the_better_pass(metrics_repo, capsys):
     edit_eval(metrics_repo, task_accuracy=-0.015, loss=-0.05, json_valid=0.0)
     assert cli.main(["check", "--baseline", "HEAD"]) == 0
     out = capsys.readouterr().out
-    assert "better" in out and "OK: 4 tracked metrics" in out
+    assert "better" in out and "OK: 5 tracked metrics" in out
 
 
 def test_tolerances_come_from_params_yaml(metrics_repo, capsys):
@@ -108,6 +108,40 @@ def test_unknown_check_metric_and_bad_revision_are_one_line_errors(metrics_repo,
     assert capsys.readouterr().err == (
         "tunelab check: error: params.yaml: check.tuned.json_vald: no such metric in "
         "metrics/eval.json of the workspace or the baseline (did you mean 'tuned.json_valid'?)\n")
+
+
+def test_a_scorer_plugins_score_is_gated_like_any_metric(metrics_repo, capsys):
+    """A run scored by a plugin (evaluate.scorer) has the plugin's names in eval.json; a
+    check: entry on one of them gates it."""
+    path = metrics_repo / "metrics/eval.json"
+    metrics = json.loads(path.read_text())
+    metrics["tuned"]["correct"] = 0.6
+    path.write_text(json.dumps(metrics, indent=2))
+    with (metrics_repo / "params.yaml").open("a") as params:  # check: is the file's last section
+        params.write("  tuned.correct: {direction: higher, tolerance: 0.05}\n")
+    git(metrics_repo, "commit", "-qam", "a plugin's score, gated")
+    edit_eval(metrics_repo, correct=-0.1)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err == ("FAIL tuned.correct: 0.6 -> 0.5 (-0.1; higher is "
+                                       "better, tolerance 0.05)\n")
+    edit_eval(metrics_repo, correct=0.1)
+    assert cli.main(["check", "--baseline", "HEAD"]) == 0
+
+
+def test_a_general_ability_regression_or_a_run_without_the_set_fails(metrics_repo, capsys):
+    """params.yaml gates general.tuned.all: a run whose general-ability share fell more than
+    the tolerance fails, and so does one that switched the set off (evaluate.general "")."""
+    path = metrics_repo / "metrics/eval.json"
+    metrics = json.loads(path.read_text())
+    before = metrics["general"]["tuned"]["all"]
+    metrics["general"]["tuned"]["all"] = round(before - 0.05, 6)
+    path.write_text(json.dumps(metrics, indent=2))
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err.startswith(f"FAIL general.tuned.all: {before:g} -> ")
+    del metrics["general"]
+    path.write_text(json.dumps(metrics, indent=2))
+    assert cli.main(["check", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err == "FAIL general.tuned.all: missing from the workspace metrics\n"
 
 
 # --- no DVC: rules, names, params ---------------------------------------------------
@@ -213,7 +247,7 @@ def test_export_metrics_unchanged_pass(export_repo, capsys):
     assert cli.main(["check", "--baseline", "HEAD"]) == 0
     out = capsys.readouterr().out
     assert "export.q8_0.agreement" in out and "export.q4_k_m.template_differences" in out
-    assert "OK: 6 tracked metrics within tolerance of HEAD" in out
+    assert "OK: 7 tracked metrics within tolerance of HEAD" in out
 
 
 def test_export_regressions_fail_naming_the_metric(export_repo, capsys):
@@ -223,13 +257,13 @@ def test_export_regressions_fail_naming_the_metric(export_repo, capsys):
     assert captured.err == (
         "FAIL export.q8_0.agreement: 0.96 -> 0.9 (-0.06; higher is better, tolerance 0.02)\n"
         "FAIL export.q4_k_m.template_differences: 0 -> 3 (+3; lower is better, tolerance 0)\n")
-    assert "2 of 6 tracked metrics worse than allowed" in captured.out
+    assert "2 of 7 tracked metrics worse than allowed" in captured.out
 
 
 def test_export_change_within_tolerance_passes(export_repo, capsys):
     write_export(export_repo, q8_0__agreement=0.95)
     assert cli.main(["check", "--baseline", "HEAD"]) == 0
-    assert "OK: 6 tracked metrics within tolerance of HEAD" in capsys.readouterr().out
+    assert "OK: 7 tracked metrics within tolerance of HEAD" in capsys.readouterr().out
 
 
 def test_export_json_missing_from_the_workspace_fails_as_missing(export_repo, capsys):
@@ -239,7 +273,7 @@ def test_export_json_missing_from_the_workspace_fails_as_missing(export_repo, ca
     assert captured.err == ("FAIL export.q8_0.agreement: missing from the workspace metrics\n"
                             "FAIL export.q4_k_m.template_differences: missing from the "
                             "workspace metrics\n")
-    assert "2 of 6 tracked metrics worse than allowed" in captured.out
+    assert "2 of 7 tracked metrics worse than allowed" in captured.out
 
 
 def test_export_json_missing_from_the_baseline_is_new(metrics_repo, wide_table, capsys):
@@ -250,7 +284,7 @@ def test_export_json_missing_from_the_baseline_is_new(metrics_repo, wide_table, 
     captured = capsys.readouterr()
     assert captured.err == ""
     assert re.search(r"export\.q8_0\.agreement .*│ +- │ +0\.9600 │ +- │ +-0\.02 │ new", captured.out)
-    assert "OK: 6 tracked metrics within tolerance of HEAD" in captured.out
+    assert "OK: 7 tracked metrics within tolerance of HEAD" in captured.out
 
 
 def test_export_json_on_neither_side_or_a_typo_is_a_one_line_error(metrics_repo, capsys):

@@ -50,8 +50,8 @@ def test_sample_settings_differ_from_the_defaults():
 
 def test_repo_params_has_every_section_and_passes_split_check():
     sections = params.load_all(REPO_PARAMS)
-    assert list(sections) == ["model", "prepare", "validate", "train", "align", "evaluate", "export",
-                              "plot", "report", "check"]
+    assert list(sections) == ["model", "prepare", "validate", "train", "align", "evaluate",
+                              "judge", "export", "plot", "report", "check"]
     params.check_split(sections["prepare"], REPO_PARAMS)
 
 

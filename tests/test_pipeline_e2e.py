@@ -12,10 +12,12 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["base", "prepare", "validate", "train", "align", "evaluate", "export", "plot", "report"]
+STAGES = ["base", "prepare", "validate", "train", "align", "evaluate", "judge", "export", "plot",
+          "report"]
 QUICK = {  # a few steps and a few test examples: minutes, not the real run
     "train": {"max_steps": 3, "batch_size": 4, "eval_steps": 0, "logging_steps": 1},
-    "evaluate": {"max_examples": 6, "max_new_tokens": 48, "batch_size": 6},
+    "evaluate": {"max_examples": 6, "max_new_tokens": 48, "batch_size": 6,
+                 "general_max_new_tokens": 16},  # all 110 general prompts, short answers
     "export": {"quantizations": ["q8_0"], "speed_examples": 2},
 }
 
@@ -78,6 +80,15 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced):
     assert metrics["examples"] == 6 and metrics["method"] == "lora"
     samples = (repo / "metrics/samples.jsonl").read_text().splitlines()
     assert len(samples) == 6
+    # The general-ability block (evaluate.general, on by default) for base and tuned.
+    general = metrics["general"]
+    assert general["counts"] == {"instruction_following": 50, "facts": 30, "arithmetic": 30}
+    for key in ("base", "tuned", "delta", "delta_low", "delta_high"):
+        assert list(general[key]) == ["instruction_following", "facts", "arithmetic", "all"]
+    assert all(general["delta_low"][c] <= general["delta"][c] <= general["delta_high"][c]
+               for c in general["delta"])
+    assert len((repo / "metrics/general_answers.jsonl").read_text().splitlines()) == 110
+    assert json.loads((repo / "metrics/judge.json").read_text()) == {"judge": "off"}
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2
     assert "https://" not in html and "http://" not in html
@@ -119,9 +130,11 @@ def test_evaluate_param_reruns_only_downstream_stages(reproduced):
     # `evaluate` params; plot joins once evaluate has really rewritten eval.json.
     assert ran_stages(run(["dvc", "repro", "--dry"], repo).stdout) == ["evaluate", "export",
                                                                        "report"]
-    # The real run (kept: the workspace stays consistent for the experiment test below).
-    assert ran_stages(run(["dvc", "repro"], repo).stdout) == ["evaluate", "export", "plot",
-                                                              "report"]
+    # The real run (kept: the workspace stays consistent for the experiment test below); the
+    # judge reruns where the shorter budget changed an answer in samples.jsonl.
+    ran = ran_stages(run(["dvc", "repro"], repo).stdout)
+    assert [stage for stage in ran if stage != "judge"] == ["evaluate", "export", "plot",
+                                                            "report"]
 
 
 def test_export_types_rerun_only_export_and_the_report(reproduced):

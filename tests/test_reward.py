@@ -1,5 +1,6 @@
 """The GRPO reward (tunelab.eval.reward) on hand-written answers: its values by hand, and its
-parts equal to the evaluate stage's scores (scoring.task_scores) for the same answers."""
+parts (the auto scorer's scores of one answer) equal to the evaluate stage's scores
+(scoring.task_scores) for the same answers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from tunelab.config import params, schema
 from tunelab.errors import ParamsError
-from tunelab.eval import reward, scoring
+from tunelab.eval import reward, scorers, scoring
 
 TICKET = {"category": "technical", "priority": "high", "sentiment": "neutral",
           "product": "MailBridge", "order_id": None}
@@ -22,7 +23,7 @@ def ticket(**changes) -> str:
     return json.dumps({**TICKET, **changes})
 
 
-# (answer, (json_valid, fields, exact_match)) against REFERENCE.
+# (answer, (json_valid, task_accuracy, exact_match)) against REFERENCE.
 ANSWERS = {
     "right": (RIGHT, (1, 1, 1)),
     "fenced": (f"```json\n{RIGHT}\n```", (1, 1, 1)),
@@ -39,14 +40,24 @@ ANSWERS = {
     "json list": ('["technical", "high"]', (0, 0, 0)),
     "empty": ("", (0, 0, 0)),
 }
-DEFAULTS = reward.RewardWeights()
-CUSTOM = reward.RewardWeights(json_valid=1.0, fields=2.0, exact_match=4.0)
+DEFAULTS = params.AlignParams().reward
+CUSTOM = {"json_valid": 1.0, "task_accuracy": 2.0, "exact_match": 4.0}
+PARTS = ("json_valid", "task_accuracy", "exact_match")
+
+
+def reward_parts(answer: str, reference: str) -> tuple:
+    scores = scorers.auto_scores(answer, reference)
+    return tuple(scores[name] for name in PARTS)
+
+
+def task_reward(answer: str, reference: str, weights: dict) -> float:
+    return reward.weighted(scorers.auto_scores(answer, reference), weights)
 
 
 @pytest.mark.parametrize("name", ANSWERS)
 def test_reward_parts_by_hand(name):
     answer, parts = ANSWERS[name]
-    assert reward.reward_parts(answer, REFERENCE) == pytest.approx(reward.RewardParts(*parts))
+    assert reward_parts(answer, REFERENCE) == pytest.approx(parts)
 
 
 @pytest.mark.parametrize("name, default_reward, custom_reward", [
@@ -63,17 +74,19 @@ def test_reward_parts_by_hand(name):
 ])
 def test_reward_values(name, default_reward, custom_reward):
     answer, _ = ANSWERS[name]
-    assert reward.task_reward(answer, REFERENCE, DEFAULTS) == pytest.approx(default_reward, abs=1e-12)
-    assert reward.task_reward(answer, REFERENCE, CUSTOM) == pytest.approx(custom_reward, abs=1e-12)
+    assert task_reward(answer, REFERENCE, DEFAULTS) == pytest.approx(default_reward, abs=1e-12)
+    assert task_reward(answer, REFERENCE, CUSTOM) == pytest.approx(custom_reward, abs=1e-12)
 
 
 def test_default_weights_are_documented_values():
-    assert DEFAULTS == reward.RewardWeights(json_valid=0.1, fields=0.8, exact_match=0.1)
-    # The weights are params.yaml's align.reward: one copy of the defaults, and a bad weight
-    # is a one-line params error.
-    assert reward.RewardWeights is params.RewardParams
-    with pytest.raises(ParamsError, match=r"^params.yaml: align.reward.fields: must be >= 0, got -1.0$"):
+    assert DEFAULTS == {"json_valid": 0.1, "task_accuracy": 0.8, "exact_match": 0.1}
+    # The weights are params.yaml's align.reward: a bad weight or name is a one-line params error.
+    with pytest.raises(ParamsError, match=r"^params.yaml: align.reward: fields: must be >= 0, got -1.0$"):
         schema.parse(params.AlignParams, {"reward": {"fields": -1}}, "align", "params.yaml")
+    with pytest.raises(ParamsError, match=r"^params.yaml: align.reward: 'two words' is not a score name"):
+        schema.parse(params.AlignParams, {"reward": {"two words": 1}}, "align", "params.yaml")
+    with pytest.raises(ParamsError, match=r"^params.yaml: align.reward: every weight is 0"):
+        schema.parse(params.AlignParams, {"reward": {"correct": 0}}, "align", "params.yaml")
 
 
 # Three tickets with the same keys; every answer scored against each reference it fits.
@@ -94,14 +107,14 @@ def test_reward_parts_average_to_the_evaluate_scores():
     scorer's values (json_valid, task_accuracy, exact_match) for the same answers."""
     predictions, references = zip(*SPLIT)
     scores = scoring.task_scores(list(predictions), list(references))
-    parts = [reward.reward_parts(p, r) for p, r in SPLIT]
-    assert scores["json_valid"] == pytest.approx(mean(p.json_valid for p in parts), abs=1e-12)
-    assert scores["task_accuracy"] == pytest.approx(mean(p.fields for p in parts), abs=1e-12)
-    assert scores["exact_match"] == pytest.approx(mean(p.exact_match for p in parts), abs=1e-12)
+    parts = [reward_parts(p, r) for p, r in SPLIT]
+    assert scores["json_valid"] == pytest.approx(mean(p[0] for p in parts), abs=1e-12)
+    assert scores["task_accuracy"] == pytest.approx(mean(p[1] for p in parts), abs=1e-12)
+    assert scores["exact_match"] == pytest.approx(mean(p[2] for p in parts), abs=1e-12)
     # Not a degenerate split: every part is somewhere between all right and all wrong.
     assert 0 < scores["exact_match"] < scores["task_accuracy"] < scores["json_valid"] < 1
     # The mean reward is the weighted evaluate scores.
-    mean_reward = mean(reward.task_reward(p, r, CUSTOM) for p, r in SPLIT)
+    mean_reward = mean(task_reward(p, r, CUSTOM) for p, r in SPLIT)
     assert mean_reward == pytest.approx(scores["json_valid"] + 2 * scores["task_accuracy"]
                                         + 4 * scores["exact_match"], abs=1e-12)
 
@@ -109,21 +122,26 @@ def test_reward_parts_average_to_the_evaluate_scores():
 def test_one_answer_equals_task_scores_of_that_answer():
     for prediction, reference in SPLIT:
         scores = scoring.task_scores([prediction], [reference])
-        parts = reward.reward_parts(prediction, reference)
-        assert (parts.json_valid, parts.fields, parts.exact_match) == pytest.approx(
+        assert reward_parts(prediction, reference) == pytest.approx(
             (scores["json_valid"], scores["task_accuracy"], scores["exact_match"]), abs=1e-12)
 
 
-def test_free_text_reference_uses_normalised_exact_match_for_the_full_reward():
+def test_free_text_reference_is_rewarded_by_its_normalised_exact_match():
     predictions, references = ["  PARIS! ", "the answer   is 42", "red"], ["Paris", "The answer is 42.", "blue"]
-    rewards = [reward.task_reward(p, r, CUSTOM) for p, r in zip(predictions, references)]
-    assert rewards == [7.0, 7.0, 0.0]
-    assert mean(reward.reward_parts(p, r).fields for p, r in zip(predictions, references)) \
-        == pytest.approx(scoring.task_scores(predictions, references)["task_accuracy"])
+    assert [scorers.auto_scores(p, r) for p, r in zip(predictions, references)] == [
+        {"exact_match": 1.0}, {"exact_match": 1.0}, {"exact_match": 0.0}]
+    assert [task_reward(p, r, {"exact_match": 2.0}) for p, r in zip(predictions, references)] \
+        == [2.0, 2.0, 0.0]
+    # The default weights name JSON checks that free text does not have: one line before GRPO.
+    with pytest.raises(ParamsError, match=r"^align.reward.json_valid: the scorer auto gives no "
+                                          r"'json_valid' for a.jsonl:1 \(it gives: exact_match\)"):
+        reward.check_weights(scorers.load("auto"), references, [{"source": "a.jsonl:1"}] * 3,
+                             DEFAULTS)
+    reward.check_weights(scorers.load("auto"), references, [{}] * 3, {"exact_match": 1.0})
 
 
 def test_a_reference_without_fields_scores_no_field_part():
-    assert reward.reward_parts("{}", "{}") == reward.RewardParts(1.0, 0.0, 1.0)
+    assert reward_parts("{}", "{}") == (1.0, 0.0, 1.0)
     assert scoring.task_scores(["{}"], ["{}"])["task_accuracy"] == 0.0
 
 
@@ -142,7 +160,7 @@ def trl_extras(count: int) -> dict:
 
 
 def test_trl_reward_function_on_text_completions():
-    reward_function = reward.reward_function(DEFAULTS)
+    reward_function = reward.reward_function("auto", DEFAULTS)
     rewards = reward_function(prompts=PROMPTS, completions=COMPLETIONS, **trl_extras(3))
     assert rewards == pytest.approx(EXPECTED, abs=1e-12)
     assert all(isinstance(value, float) for value in rewards)
@@ -157,7 +175,7 @@ def test_trl_reward_function_on_conversational_completions():
                     {"role": "tool", "name": "lookup", "content": RIGHT},
                     {"role": "assistant", "content": COMPLETIONS[1]}],
                    [{"role": "assistant", "content": [{"type": "text", "text": COMPLETIONS[2]}]}]]
-    rewards = reward.reward_function(DEFAULTS)(prompts=prompts, completions=completions, **trl_extras(3))
+    rewards = reward.reward_function("auto", DEFAULTS)(prompts=prompts, completions=completions, **trl_extras(3))
     assert rewards == pytest.approx(EXPECTED, abs=1e-12)
 
 
@@ -174,13 +192,13 @@ def test_completion_text():
 def test_trl_reward_function_needs_one_reference_per_completion():
     extras = trl_extras(2)
     with pytest.raises(ValueError):
-        reward.reward_function(DEFAULTS)(prompts=PROMPTS, completions=COMPLETIONS, **extras)
+        reward.reward_function("auto", DEFAULTS)(prompts=PROMPTS, completions=COMPLETIONS, **extras)
 
 
 def test_trl_logs_it_as_task_reward_and_it_pickles():
     from trl.trainer.utils import get_callable_name
 
-    reward_function = reward.reward_function(CUSTOM)
+    reward_function = reward.reward_function("auto", CUSTOM)
     assert get_callable_name(reward_function) == "task_reward"
     copied = pickle.loads(pickle.dumps(reward_function))
     assert copied == reward_function

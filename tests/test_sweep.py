@@ -133,7 +133,7 @@ def test_cli_value_reads_back_as_the_same_yaml_value():
      "search_space.train.lerning_rate: unknown params key (did you mean 'learning_rate'?)"),
     (BASE + "search_space:\n  trian.lora.r: [8]\n",
      "search_space.trian.lora.r: not a params key (sections: model, prepare, validate, train, "
-     "align, evaluate, export, plot, report) (did you mean 'train'?)"),
+     "align, evaluate, judge, export, plot, report) (did you mean 'train'?)"),
     (BASE + "search_space:\n  train.lora: [8]\n",
      "search_space.train.lora: not a single value"),
     (BASE + "search_space:\n  train.lora.r: [0, 8]\n",
@@ -178,6 +178,19 @@ def test_unknown_metric_is_checked_against_the_workspace_metrics(tmp_path):
     assert spec.fixed == {"align.objective": "dpo"} and spec.keys == ["align.beta"]
     assert "not a number in metrics/eval.json" in error(
         tmp_path, aligned.replace("aligned.task_accuracy", "aligned.task_acuracy"))
+
+
+def test_a_scorer_plugins_score_is_a_sweep_metric(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps(
+        {"base": {"correct": 0.2, "loss": 1.0}, "tuned": {"correct": 0.5, "loss": 0.8},
+         "scorer": SHORT_ANSWER}))
+    spec = sweep_space.load_sweep(write(tmp_path, "metric: tuned.correct\ndirection: maximize\n"
+                                                  "search_space: {train.lora.r: [8, 16]}\n"),
+                                  root=tmp_path)
+    assert (spec.metric, spec.direction) == ("tuned.correct", "maximize")
+    assert "did you mean 'tuned.correct'?" in error(
+        tmp_path, "metric: tuned.corect\nsearch_space: {train.lora.r: [8]}\n")
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
@@ -266,10 +279,14 @@ def test_report_html_is_self_contained_with_one_plot_per_param(tmp_path, capsys)
 
 # --- a real sweep: DVC experiments on a tiny model --------------------------------
 
+SHORT_ANSWER = "configs/scorers/short_answer.py:score"  # the shipped example scorer plugin
+
 TINY = {"train": {"max_steps": 1, "batch_size": 2, "eval_steps": 0, "logging_steps": 1,
                   "save_steps": 0, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
         "prepare": {"val_ratio": 0.0},  # no validation set: no final eval pass
-        "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2},
+        # A scorer plugin: each trial's eval.json holds its scores (a sweep metric: tuned.correct).
+        "evaluate": {"max_examples": 2, "max_new_tokens": 4, "batch_size": 2,
+                     "general_max_new_tokens": 4, "scorer": SHORT_ANSWER},
         "export": TINY_PIPELINE["export"]}  # one GGUF type, one timed prompt per trial
 
 
@@ -294,7 +311,9 @@ def test_sweep_runs_each_trial_as_a_dvc_experiment(swept):
     for name, rate in (("lr-1-01", 1e-5), ("lr-1-02", 3e-2)):
         train = experiments[name]["params"]["params.yaml"]["data"]["train"]
         assert train["learning_rate"] == rate and train["max_steps"] == 1
-        assert "tuned" in experiments[name]["metrics"]["metrics/eval.json"]["data"]
+        evaluated = experiments[name]["metrics"]["metrics/eval.json"]["data"]
+        assert {"correct", "concise"} <= set(evaluated["tuned"])
+        assert "task_accuracy" not in evaluated["tuned"] and evaluated["scorer"] == SHORT_ANSWER
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert [line.split()[:2] for line in lines] == [["[1/2]", "lr-1-01"], ["[2/2]", "lr-1-02"]]
     # The user's workspace is as it was: nothing modified, params untouched.

@@ -25,6 +25,11 @@ class DeployError(ModelSourceError):
     message names the file or params key."""
 
 
+class JudgeError(RuntimeError):
+    """The judge stage's model cannot answer: an endpoint that is down, refuses the key or
+    the request, or a prompt too long for it (tunelab.judge); the message names it."""
+
+
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user can fix; the message is one line."""
 
@@ -34,4 +39,5 @@ class MissingExtraError(RuntimeError):
     not installed; the message says what to pip install."""
 
 
-USER_ERRORS = (DataError, ParamsError, ModelSourceError, TrainingError, MissingExtraError)
+USER_ERRORS = (DataError, ParamsError, ModelSourceError, TrainingError, JudgeError,
+               MissingExtraError)

@@ -17,7 +17,8 @@ from pydantic import (AfterValidator, BaseModel, Field, RootModel, field_validat
 
 from tunelab.chat import families
 from tunelab.config.schema import (Bool, Float, Int, Names, RepoPath, RepoPathOrNone, Section,
-                                   Str, StepLimit, choice, complaint, is_model, parse)
+                                   Str, StepLimit, choice, complaint, is_model, parse,
+                                   path_in_repo)
 from tunelab.errors import ParamsError
 from tunelab.util.names import did_you_mean
 
@@ -197,11 +198,29 @@ DEFAULT_BETA = {"dpo": 0.1, "orpo": 0.1, "kto": 0.1, "grpo": 0.04}
 WITH_REFERENCE = ("dpo", "kto", "grpo")  # grpo only when beta > 0
 
 
-class RewardParams(Section):
-    """What each check of an answer is worth in GRPO's reward (tunelab.eval.reward)."""
-    json_valid: Float = Field(0.1, ge=0)
-    fields: Float = Field(0.8, ge=0)
-    exact_match: Float = Field(0.1, ge=0)
+# GRPO's reward: {score name of the evaluate scorer: weight} (tunelab.eval.reward). They sum
+# to 1, so a reward reads as a score: task_accuracy (the share of the reference's fields
+# right) carries the task; exact_match, which `tunelab check` also gates, adds the whole
+# object right and no key invented; json_valid is a small first step that GRPO can find
+# before any field is right.
+DEFAULT_REWARD = {"json_valid": 0.1, "task_accuracy": 0.8, "exact_match": 0.1}
+
+
+def _reward_weights(weights: dict) -> dict:
+    odd = next((name for name in weights if not name.isidentifier()), None)
+    if odd is not None:
+        raise complaint(f"{odd!r} is not a score name (letters, digits, _: a name the "
+                        "evaluate scorer gives)")
+    negative = next((name for name, weight in weights.items() if weight < 0), None)
+    if negative is not None:
+        raise complaint(f"{negative}: must be >= 0, got {weights[negative]}")
+    if not any(weights.values()):
+        raise complaint("every weight is 0: every answer would get the same reward, and "
+                        "GRPO would learn nothing")
+    return weights
+
+
+RewardWeights = Annotated[dict[Str, Float], AfterValidator(_reward_weights)]
 
 
 class AlignParams(Section):
@@ -223,7 +242,7 @@ class AlignParams(Section):
     temperature: Float = Field(1.0, gt=0)
     logging_steps: Int = Field(1, gt=0)
     save_steps: Int = Field(5, ge=0)
-    reward: RewardParams = Field(default_factory=RewardParams)
+    reward: RewardWeights = Field(default_factory=lambda: dict(DEFAULT_REWARD))
 
     @field_validator("beta")
     @classmethod
@@ -247,9 +266,33 @@ HELDOUT_DIR = "data/heldout"  # the evaluate stage's dvc.yaml dep: the file must
 
 
 def _in_heldout_dir(value: str) -> str:
-    if value and not value.startswith(HELDOUT_DIR + "/"):
-        raise complaint(f"{value!r} is not in {HELDOUT_DIR}/, the folder the evaluate stage "
-                        f"depends on in dvc.yaml (move the file there, or \"\" for none)")
+    return _in_folder(value, HELDOUT_DIR, "\"\" for none")
+
+
+GENERAL_DIR = "data/general"  # as HELDOUT_DIR, for evaluate.general
+SCORER_DIR = "configs/scorers"  # the scoring stages' (evaluate, align, export) dvc.yaml dep
+
+
+def _in_general_dir(value: str) -> str:
+    return _in_folder(value, GENERAL_DIR, "\"\" for none")
+
+
+def _in_folder(value: str, folder: str, otherwise: str) -> str:
+    if value and not value.startswith(folder + "/"):
+        raise complaint(f"{value!r} is not in {folder}/, the folder the stages that read it "
+                        f"depend on in dvc.yaml (move the file there, or {otherwise})")
+    return value
+
+
+def _scorer_spec(value: str) -> str:
+    """auto, or configs/scorers/FILE.py:FUNCTION (tunelab.eval.scorers)."""
+    if value == "auto":
+        return value
+    path, colon, function = value.rpartition(":")
+    if not colon or not path.endswith(".py") or not function.isidentifier():
+        raise complaint(f"{value!r} is neither auto nor {SCORER_DIR}/FILE.py:FUNCTION")
+    path_in_repo(path)
+    _in_folder(path, SCORER_DIR, "auto")
     return value
 
 
@@ -258,6 +301,36 @@ class EvaluateParams(Section):
     batch_size: Int = Field(24, gt=0)
     max_examples: Int = Field(0, ge=0)
     heldout: Annotated[RepoPathOrNone, AfterValidator(_in_heldout_dir)] = ""
+    scorer: Annotated[Str, AfterValidator(_scorer_spec)] = "auto"
+    general: Annotated[RepoPathOrNone,
+                       AfterValidator(_in_general_dir)] = "data/general/general.jsonl"
+    general_max_new_tokens: Int = Field(96, gt=0)
+
+
+JUDGE_SUMMARY_KEYS = ("judgements", "unparseable")  # beside the criteria in judge.json's rubric
+
+
+def _criterion_names(criteria: list[str]) -> list[str]:
+    """Identifiers, each once, none a key judge.json's rubric already has."""
+    odd = next((c for c in criteria if not c.isidentifier() or c in JUDGE_SUMMARY_KEYS), None)
+    if not criteria or odd is not None or len(set(criteria)) != len(criteria):
+        raise complaint(f"a list of one or more names (letters, digits, _), each once and none "
+                        f"of {', '.join(JUDGE_SUMMARY_KEYS)}, got {criteria}")
+    return criteria
+
+
+class JudgeParams(Section):
+    model: Str = ""  # "" = off; tunelab.judge.engines checks the name, file or URL
+    endpoint_model: Str = ""
+    api_key_env: Str = "TUNELAB_JUDGE_API_KEY"
+    criteria: Annotated[list[Str], AfterValidator(_criterion_names)] = Field(
+        default_factory=lambda: ["correctness", "coherence", "relevance"])
+    max_examples: Int = Field(20, ge=0)
+    max_new_tokens: Int = Field(64, gt=0)
+    pairwise: Bool = True
+    rubric: Bool = True
+    timeout: Float = Field(60.0, gt=0)
+    threads: Int = Field(0, ge=0)
 
 
 class ExportParams(Section):
@@ -310,7 +383,8 @@ class CheckParams(RootModel[dict[str, MetricTolerance]]):
         "tuned.task_accuracy": MetricTolerance("higher", 0.02),
         "tuned.json_valid": MetricTolerance("higher", 0.02),
         "tuned.exact_match": MetricTolerance("higher", 0.05),
-        "tuned.loss": MetricTolerance("lower", 0.02)})
+        "tuned.loss": MetricTolerance("lower", 0.02),
+        "general.tuned.all": MetricTolerance("higher", 0.03)})
 
     @model_validator(mode="before")
     @classmethod
@@ -329,6 +403,7 @@ SECTIONS = {
     "train": TrainParams,
     "align": AlignParams,
     "evaluate": EvaluateParams,
+    "judge": JudgeParams,
     "export": ExportParams,
     "plot": PlotParams,
     "report": ReportParams,
@@ -336,7 +411,8 @@ SECTIONS = {
 }
 # Knobs that change no trained or evaluated number: a run may resume across a change of
 # them (tunelab.train.checkpoints), and the report does not show them.
-CHANGES_NO_RESULT = {"train": ("keep_checkpoints", "guard")}
+CHANGES_NO_RESULT = {"train": ("keep_checkpoints", "guard"),
+                     "judge": ("api_key_env", "timeout", "threads")}
 
 
 def _choices(model, prefix: str) -> dict[str, tuple]:

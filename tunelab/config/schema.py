@@ -68,7 +68,7 @@ def _minus_one_or_positive(value: int) -> int:
 PATH_CHARACTERS = re.compile(r"[\w./-]")
 
 
-def _path_in_repo(value: str) -> str:
+def path_in_repo(value: str) -> str:
     if not value:
         raise complaint("'' is empty (name a file or folder inside the repository)")
     odd = next((c for c in value if not PATH_CHARACTERS.fullmatch(c)), None)
@@ -88,7 +88,7 @@ def _path_in_repo(value: str) -> str:
 
 
 def _path_in_repo_or_empty(value: str) -> str:
-    return value and _path_in_repo(value)
+    return value and path_in_repo(value)
 
 
 Int = Annotated[int, BeforeValidator(_expect(int))]
@@ -97,7 +97,7 @@ Bool = Annotated[bool, BeforeValidator(_expect(bool))]
 Str = Annotated[str, BeforeValidator(_expect(str))]
 Names = Annotated[Union[str, list[str]], BeforeValidator(_names)]
 StepLimit = Annotated[int, BeforeValidator(_expect(int)), AfterValidator(_minus_one_or_positive)]
-RepoPath = Annotated[str, BeforeValidator(_expect(str)), AfterValidator(_path_in_repo)]
+RepoPath = Annotated[str, BeforeValidator(_expect(str)), AfterValidator(path_in_repo)]
 RepoPathOrNone = Annotated[str, BeforeValidator(_expect(str)),  # "" = none
                            AfterValidator(_path_in_repo_or_empty)]
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tunelab.chat import reasoning, stops
 from tunelab.data import encoding
 from tunelab.deploy import llama_runtime
-from tunelab.eval import scoring
+from tunelab.eval import scorers, scoring
 
 # What metrics/eval.json's tuned model is compared on: the scores both sides have.
 SHARED_SCORES = ("loss", "perplexity")  # eval.json keys a GGUF run does not compute
@@ -69,6 +69,7 @@ class HeldOut:
     references: list[str]          # the reference answers
     transformers_answers: list[str]  # metrics/samples.jsonl's tuned answers
     tools: list[list[dict] | None]  # each example's tools (None: it has none)
+    records: list[dict]            # the examples themselves (a scorer plugin reads them)
 
 
 def held_out(tokenizer, examples: list[dict], transformers_answers: list[str]) -> HeldOut:
@@ -76,12 +77,12 @@ def held_out(tokenizer, examples: list[dict], transformers_answers: list[str]) -
     return HeldOut([encoding.split_prompt(e)[0] for e in chats],
                    [encoding.prompt_ids(tokenizer, e) for e in chats],
                    [encoding.split_prompt(e)[1]["content"] for e in chats], transformers_answers,
-                   [e.get("tools") for e in chats])
+                   [e.get("tools") for e in chats], chats)
 
 
 def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
-                  speed_examples: int, threads: int | None) -> dict:
-    """The metrics row of one GGUF file."""
+                  speed_examples: int, threads: int | None, scorer: scorers.Scorer) -> dict:
+    """The metrics row of one GGUF file, its answers scored by the evaluate scorer."""
     context = max(map(len, split.prompts), default=0) + max_new_tokens + 16
     llm = llama_runtime.load(contender.model_file, context=context, threads=threads,
                              lora=contender.lora_file)
@@ -100,7 +101,7 @@ def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
     row = {"file": contender.shown_file, **(contender.extra or {}),
            "size_mb": round((contender.lora_file or contender.model_file).stat().st_size
                             / 2 ** 20, 1)}
-    row.update(scoring.task_scores(answers, split.references))
+    row.update(scorer.score_split(answers, split.references, split.records))
     row.update(scoring.text_scores(answers, split.references))
     row["agreement"] = sum(a == r for a, r in zip(answers, split.transformers_answers)) / \
         max(len(answers), 1)
@@ -111,7 +112,7 @@ def run_contender(contender: Contender, split: HeldOut, max_new_tokens: int,
 
 def check(contenders: list[Contender], split: HeldOut, tuned_metrics: dict,
           transformers_tokens_per_second: float, max_new_tokens: int, speed_examples: int,
-          threads: int | None) -> dict:
+          threads: int | None, scorer: scorers.Scorer) -> dict:
     """metrics/export.json: the transformers row, then one row per contender."""
     result = {"examples": len(split.prompts),
               "speed_examples": min(speed_examples, len(split.prompts)),
@@ -120,11 +121,13 @@ def check(contenders: list[Contender], split: HeldOut, tuned_metrics: dict,
                                   if k not in SHARED_SCORES},
                                "tokens_per_second": transformers_tokens_per_second}}
     for contender in contenders:
-        row = run_contender(contender, split, max_new_tokens, speed_examples, threads)
+        row = run_contender(contender, split, max_new_tokens, speed_examples, threads, scorer)
         row["speedup"] = row["tokens_per_second"] / transformers_tokens_per_second
         result[contender.name] = row
-        print(f"export: {contender.name}: task_accuracy {row.get('task_accuracy', 0):.4f} "
-              f"(transformers {tuned_metrics.get('task_accuracy', 0):.4f}), agreement "
+        accuracy = (f"task_accuracy {row['task_accuracy']:.4f} (transformers "
+                    f"{tuned_metrics.get('task_accuracy', 0):.4f}), " if "task_accuracy" in row
+                    else "")
+        print(f"export: {contender.name}: {accuracy}agreement "
               f"{row['agreement']:.3f}, template differences {row['template_differences']}, "
               f"{row['tokens_per_second']:.1f} tokens/s ({row['speedup']:.1f}x)")
     return rounded(result)

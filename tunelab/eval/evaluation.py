@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from tunelab.chat import reasoning, stops
 from tunelab.data import encoding
-from tunelab.eval import reward, scoring
+from tunelab.eval import reward, scorers, scoring
 
 # Causal LMs whose forward is exactly ``lm_head(model(...).last_hidden_state)``, read in
 # transformers' modeling files: no logit soft-capping (Gemma 2/3), scaling (Granite,
@@ -180,11 +180,13 @@ def prefill_cache(model, prefix: list[int]):
 
 
 def evaluate_model(model, tokenizer, examples: list[dict], max_new_tokens: int,
-                   batch_size: int, desc: str,
-                   reward_weights: reward.RewardWeights | None = None) -> ModelResult:
-    """Loss and perplexity; for chat examples also the greedy answers and their task and
-    text scores, and with ``reward_weights`` the mean GRPO reward (tunelab.eval.reward) of
-    the answers, the number GRPO raises."""
+                   batch_size: int, desc: str, scorer: scorers.Scorer | None = None,
+                   reward_weights: dict[str, float] | None = None) -> ModelResult:
+    """Loss and perplexity; for chat examples also the greedy answers, the ``scorer``'s
+    metrics (auto by default: tunelab.eval.scorers) and the text scores, and with
+    ``reward_weights`` the mean GRPO reward (tunelab.eval.reward) of the answers, the number
+    GRPO raises, where the scorer gives every weighted score."""
+    scorer = scorer or scorers.load(scorers.AUTO)
     loss = completion_loss(model, tokenizer, examples, batch_size)
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50))}
     chat = [e for e in examples if "messages" in e]
@@ -193,11 +195,12 @@ def evaluate_model(model, tokenizer, examples: list[dict], max_new_tokens: int,
     references = [encoding.split_prompt(e)[1]["content"] for e in chat]
     prompts = [encoding.prompt_ids(tokenizer, e) for e in chat]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
-    metrics.update(scoring.task_scores(outputs, references))
+    metrics.update(scorer.score_split(outputs, references, chat))
     metrics.update(scoring.text_scores(outputs, references))
     if reward_weights is not None:
-        metrics["reward"] = sum(reward.task_reward(output, answer, reward_weights)
-                                for output, answer in zip(outputs, references)) / len(chat)
+        rows = scorer.score_rows(outputs, references, chat)
+        if not any(reward.missing_names(row, reward_weights) for row in rows):
+            metrics["reward"] = sum(reward.weighted(row, reward_weights) for row in rows) / len(rows)
     return ModelResult(metrics, outputs)
 
 

@@ -1,88 +1,91 @@
-"""The GRPO reward: the evaluate stage's own checks of one answer, weighted into a number.
+"""The GRPO reward: the evaluate scorer's scores of one answer, weighted into a number.
 
-What is rewarded is what is measured: an answer is checked by scoring.score_json_answer
-(or scoring.text_match), the functions task_scores averages over the test split, so a
-change to how evaluation scores an answer changes the reward with it. Three parts, each
-in 0..1 and each the per-example form of an evaluate metric:
+What is rewarded is what is measured: an answer gets the scores of the scorer
+``evaluate.scorer`` names (tunelab.eval.scorers), the same the evaluate stage averages over
+the test split, and ``align.reward`` weighs them: ``{score name: weight}``. With the auto
+scorer on JSON answers the names are json_valid, exact_match, task_accuracy (the share of
+the reference's fields right) and field_NAME; on short free text, exact_match; a plugin
+names its own. Averaged over a split, each weighted score equals the evaluate metric of
+that name when every reference is a JSON object with the same keys (tests/test_reward.py).
 
-- json_valid: the answer holds a JSON object              (metric ``json_valid``)
-- fields: the share of the reference's fields it gets right (metric ``task_accuracy``)
-- exact_match: the object equals the reference              (metric ``exact_match``)
-
-The reward is their sum weighted by RewardWeights. Averaged over a split, each part equals
-task_scores' metric when every reference is a JSON object with the same keys, as in one
-JSON task (tests/test_reward.py). Where references' keys differ, task_scores averages each
-field over every reference and the reward over each reference's own fields.
-
-A reference that is not a JSON object (a free-text task) has one check, normalised exact
-match, as task_scores has for such references; it stands for all three parts, so a right
-answer earns the full reward on every task. (task_scores scores a whole split as text once
-any reference is not JSON; the reward sees one example and scores it by its own reference.)
+A weight on a name the scorer does not give these references is an error before GRPO
+starts (check_weights): a reward that silently scores 0 teaches nothing.
 
 For TRL's GRPOTrainer, reward_function gives the reward in its calling convention.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Mapping
 
-from tunelab.config.params import RewardParams
-from tunelab.eval import scoring
+from tunelab.errors import ParamsError
+from tunelab.eval import scorers
 
-
-# What each part of an answer is worth: params.yaml's align.reward section, the one copy of
-# the defaults. They sum to 1, so a reward reads as a score: 1 for the evaluate stage's
-# perfect answer, 0 for prose. Fields carry the task, as task_accuracy does among the
-# metrics; exact_match, which `tunelab check` also gates, adds the whole object right and no
-# key invented; json_valid is a small first step that GRPO can find before any field is right.
-RewardWeights = RewardParams
+REWARD_KEY = "align.reward"
 
 
-@dataclass(frozen=True)
-class RewardParts:
-    """One answer's checks as numbers in 0..1 (see the module docstring)."""
-    json_valid: float
-    fields: float
-    exact_match: float
+def weighted(scores: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The reward of one answer's ``scores``; a weight of 0 needs no score."""
+    return sum(weight * scores[name] for name, weight in weights.items() if weight)
 
 
-def task_reward(prediction: str, reference: str, weights: RewardWeights) -> float:
-    """``prediction``'s reward against the ``reference`` answer (both as text)."""
-    parts = reward_parts(prediction, reference)
-    return (weights.json_valid * parts.json_valid + weights.fields * parts.fields
-            + weights.exact_match * parts.exact_match)
+def missing_names(scores: Mapping[str, float], weights: Mapping[str, float]) -> list[str]:
+    """The weighted names ``scores`` lacks."""
+    return [name for name, weight in weights.items() if weight and name not in scores]
 
 
-def reward_parts(prediction: str, reference: str) -> RewardParts:
-    parsed_reference = scoring.parse_json_object(reference)
-    if parsed_reference is None:
-        right = float(scoring.text_match(prediction, reference))
-        return RewardParts(json_valid=right, fields=right, exact_match=right)
-    answer = scoring.score_json_answer(prediction, parsed_reference)
-    # A reference with no fields scores 0 on them, as task_accuracy does.
-    return RewardParts(json_valid=float(answer.json_valid),
-                       fields=sum(answer.fields.values()) / max(len(answer.fields), 1),
-                       exact_match=float(answer.exact_match))
+def check_weights(scorer: scorers.Scorer, references: list[str], records: list[dict],
+                  weights: Mapping[str, float]) -> None:
+    """One line naming the first weighted score the scorer does not give a reference
+    (scored against itself, the answer that gets every score it can)."""
+    for index, (reference, record) in enumerate(zip(references, records)):
+        where = scorers.example_name(record, index)
+        scores = scorer.score_one(reference, reference, record, where=where)
+        missing = missing_names(scores, weights)
+        if missing:
+            raise ParamsError(
+                f"{REWARD_KEY}.{missing[0]}: the scorer {scorer.spec} gives no {missing[0]!r} "
+                f"for {where} (it gives: {', '.join(sorted(scores)) or 'no score'}); weigh "
+                "those names, or set evaluate.scorer to one that scores this task")
 
 
-def reward_function(weights: RewardWeights) -> TaskReward:
-    """task_reward as a GRPOTrainer ``reward_funcs`` entry; the dataset's ``reference``
-    column holds each prompt's reference answer."""
-    return TaskReward(weights)
+def reward_function(scorer_spec: str, weights: Mapping[str, float]) -> TaskReward:
+    """The weighted scores as a GRPOTrainer ``reward_funcs`` entry; the dataset's
+    ``reference`` column holds each prompt's reference answer, ``record`` the example
+    (JSON text) a plugin scorer is given."""
+    return TaskReward(scorer_spec, dict(weights))
 
 
 @dataclass(frozen=True)
 class TaskReward:
     """A TRL reward function: called with keyword lists (``prompts``, ``completions``,
     ``completion_ids``, one per dataset column) and TRL's extras, it returns one float per
-    completion. A class, not a closure, so it pickles (TRL's async GRPO sends reward
-    functions to a child process); TRL logs it under ``__name__``."""
-    weights: RewardWeights
+    completion. It holds the scorer's spec, not its function, so it pickles (TRL's async
+    GRPO sends reward functions to a child process); TRL logs it under ``__name__``."""
+    scorer_spec: str
+    weights: dict
     __name__ = "task_reward"
 
-    def __call__(self, completions: list, reference: list[str], **kwargs) -> list[float]:
-        return [task_reward(completion_text(completion), answer, self.weights)
-                for completion, answer in zip(completions, reference, strict=True)]
+    def __call__(self, completions: list, reference: list[str], record: list[str] | None = None,
+                 **kwargs) -> list[float]:
+        scorer = _scorer(self.scorer_spec)
+        records = [json.loads(r) for r in record] if record else [{} for _ in reference]
+        return [weighted(scorer.score_one(completion_text(completion), answer, example),
+                         self.weights)
+                for completion, answer, example in zip(completions, reference, records,
+                                                        strict=True)]
+
+
+_LOADED: dict[str, scorers.Scorer] = {}
+
+
+def _scorer(spec: str) -> scorers.Scorer:
+    """The scorer, imported once per process (a reward is called every step)."""
+    if spec not in _LOADED:
+        _LOADED[spec] = scorers.load(spec)
+    return _LOADED[spec]
 
 
 def completion_text(completion) -> str:

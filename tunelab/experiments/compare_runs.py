@@ -19,12 +19,11 @@ import numpy as np
 
 from tunelab.errors import DataError
 from tunelab.eval import scoring
+from tunelab.eval.intervals import CONFIDENCE, mean_interval
 from tunelab.experiments import repo
 
 SAMPLES_FILE = "metrics/samples.jsonl"
 METRICS = ("task_accuracy", "json_valid", "exact_match")
-CONFIDENCE = 0.95
-RESAMPLES = 10_000
 
 
 @dataclass
@@ -121,7 +120,7 @@ def compare(samples_a: list[dict], samples_b: list[dict], metrics=METRICS,
     differences = []
     for metric in metrics:
         a, b = paired(scores_a, scores_b, metric)
-        low, high = gap_interval(b - a, seed)
+        low, high = mean_interval(b - a, seed)
         differences.append(Difference(metric, float(a.mean()), float(b.mean()), low, high))
     return differences
 
@@ -141,17 +140,6 @@ def paired(scores_a: dict[tuple, dict], scores_b: dict[tuple, dict],
                         f"(choose from {', '.join(scored)})")
     return (np.array([scores_a[k][metric] for k in keys]),
             np.array([scores_b[k][metric] for k in keys]))
-
-
-def gap_interval(gaps: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """The CONFIDENCE bootstrap interval (BCa) of the mean of per-example ``gaps``."""
-    from scipy.stats import bootstrap
-
-    if np.all(gaps == gaps[0]):  # no spread: the bootstrap interval is the point itself
-        return float(gaps[0]), float(gaps[0])
-    interval = bootstrap((gaps,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                         rng=np.random.default_rng(seed)).confidence_interval
-    return float(interval.low), float(interval.high)
 
 
 def table(differences: list[Difference], label_a: str, label_b: str, examples: int,

@@ -69,6 +69,7 @@ def decide(current: list[dict] | None, candidate: list[dict], min_gain: float,
     candidate; ``current`` is None when there is no current model (the first is promoted).
     Each run's mean on its own test split would not do: new data brings new test examples,
     and an easier split alone would look like a gain."""
+    from tunelab.eval import intervals
     from tunelab.experiments import compare_runs  # loads the scorers: only when deciding
 
     name = per_example_metric(metric)
@@ -83,11 +84,11 @@ def decide(current: list[dict] | None, candidate: list[dict], min_gain: float,
                         f"{scores.mean():.4f} on {len(scores)} examples)", examples=len(scores))
     before, after = compare_runs.paired(compare_runs.per_example_scores(current),
                                         candidate_scores, name)
-    low, high = compare_runs.gap_interval(after - before)
+    low, high = intervals.mean_interval(after - before)
     gain = float(after.mean() - before.mean())
     promote = low >= min_gain - FLOAT_SLACK
     reason = (f"{metric} {after.mean():.4f} vs current {before.mean():.4f} on the same "
-              f"{len(after)} examples: gain {gain:+.4f}, {compare_runs.CONFIDENCE:.0%} interval "
+              f"{len(after)} examples: gain {gain:+.4f}, {intervals.CONFIDENCE:.0%} interval "
               f"[{low:+.4f}, {high:+.4f}]; its low end {'>=' if promote else '<'} "
               f"min_gain {min_gain:+g}")
     return Decision(promote, float(before.mean()), float(after.mean()), gain, reason,

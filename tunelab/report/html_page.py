@@ -1,7 +1,11 @@
 """One self-contained HTML report of a run, plus the same metrics as a rich table; with
 metrics/export.json, the GGUF files for llama.cpp / Ollama next to the transformers model;
 when the align stage ran (metrics/align/summary.json), the aligned model beside the tuned
-one and an Alignment section.
+one and an Alignment section; when eval.json has a "general" block, what tuning changed in
+the general-ability check; with metrics/judge.json, the LLM judge's verdicts.
+
+The headline table shows the metrics eval.json has, and only those: a free-text run has no
+task_accuracy row, a scorer plugin's metric gets one.
 
 The HTML has no external resources at all (plots are base64 data URIs, CSS is
 inline) so it can be mailed, attached to a PR or opened offline as is.
@@ -21,6 +25,7 @@ from rich.table import Table
 
 from tunelab.eval.metric_names import lower_is_better, metric_number
 from tunelab.report import templating
+from tunelab.report.general_ability import category_label
 from tunelab.util.names import flatten
 
 REPORTED_PARAM_SECTIONS = ("model", "prepare", "train", "evaluate", "export")
@@ -33,10 +38,14 @@ RELATIVE_TOLERANCE = 1e-4
 ABSOLUTE_TOLERANCE = 1e-6
 
 # Training curves first in their natural reading order; unknown plots follow.
-PLOT_ORDER = ("base_vs_tuned", "loss", "learning_rate", "grad_norm",
+PLOT_ORDER = ("base_vs_tuned", "general", "loss", "learning_rate", "grad_norm",
               "align_loss", "align_rewards", "align_kl", "align_completion_length")
 PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned (vs aligned, when an alignment ran) on the "
                                   "0..1 metrics",
+                 "general": "General ability per category: the share of prompts answered "
+                            "right. The whisker on the tuned (aligned) bar is the 95% interval "
+                            "of its change from base (tuned): one that reaches the height of "
+                            "the bar before it is no clear change",
                  "loss": "Training and evaluation loss", "learning_rate": "Learning rate schedule",
                  "grad_norm": "Gradient norm during training",
                  "token_lengths": "Token lengths of the raw examples against train.max_length "
@@ -51,11 +60,24 @@ PLOT_CAPTIONS = {"base_vs_tuned": "Base vs tuned (vs aligned, when an alignment 
 DATA_PLOTS = ("token_lengths",)
 # The align stage's plots (stages/plot.py), shown in the Alignment section when it is there.
 ALIGN_PLOT_PREFIX = "align_"
+# The general-ability plot, shown in its section when eval.json has the block.
+GENERAL_PLOT = "general"
 # metrics/data.json rows the Data section leaves out: the histogram's bins are its plot.
 HIDDEN_DATA_ROWS = ("analysis.histogram.",)
 STATUS_STYLES = {"improved": "green", "worse": "red", "same": "dim", "n/a": "dim"}
 # Of the held-out set, the headline numbers only: its every metric would double the table.
-HELDOUT_METRICS = ("task_accuracy", "json_valid", "exact_match", "loss", "reward")
+# So its detail metrics stay out (perplexity restates loss; chrF, ROUGE and per-field scores
+# break the task score down); every other metric it has is a row, a scorer plugin's too.
+HELDOUT_DETAIL_METRICS = ("perplexity", "chrf")
+HELDOUT_DETAIL_PREFIXES = ("rouge", "field_")
+
+# The general-ability check (eval.json "general") and the LLM judge (metrics/judge.json):
+# a change or a preference is read off its 95% interval.
+GENERAL_VERDICT_STATUS = {"better": "improved", "worse": "worse", "no clear change": "same"}
+JUDGE_OFF_LINE = "LLM judge off (judge.model in params.yaml)"
+JUDGE_PAIR_SEPARATOR = "_vs_"  # "tuned_vs_base": the later model first
+JUDGE_RUBRIC_COUNTS = ("judgements", "unparseable")  # a rubric model's keys that are no criterion
+NO_PREFERENCE = 0.5  # pairwise preference: the later model scores won 1, tie 0.5, lost 0
 
 # metrics/export.json (the export stage): one object per model, "transformers" the reference
 # the GGUF files are compared with, "lora" the adapter GGUF applied to a base GGUF.
@@ -84,8 +106,10 @@ class MetricRow:
 
 
 def metric_rows(eval_metrics: dict) -> list[MetricRow]:
-    """The numeric metrics present for both models, in eval.json's order; then the
-    held-out set's (evaluate.heldout) HELDOUT_METRICS, named "heldout NAME"."""
+    """The numeric metrics present for both models, in eval.json's order (an absent one,
+    as task_accuracy on free-text data, is no row; blocks such as "general" are not in
+    "base"); then the held-out set's (evaluate.heldout) headline metrics, all but
+    HELDOUT_DETAIL_*, named "heldout NAME"."""
     base, tuned = eval_metrics.get("base", {}), eval_metrics.get("tuned", {})
     aligned = eval_metrics.get(ALIGNED) if isinstance(eval_metrics.get(ALIGNED), dict) else {}
     rows = []
@@ -102,7 +126,9 @@ def metric_rows(eval_metrics: dict) -> list[MetricRow]:
         rows.append(row)
     if isinstance(eval_metrics.get("heldout"), dict):
         rows += [replace(row, name=f"heldout {row.name}")
-                 for row in metric_rows(eval_metrics["heldout"]) if row.name in HELDOUT_METRICS]
+                 for row in metric_rows(eval_metrics["heldout"])
+                 if row.name not in HELDOUT_DETAIL_METRICS
+                 and not row.name.startswith(HELDOUT_DETAIL_PREFIXES)]
     return rows
 
 
@@ -199,6 +225,235 @@ def alignment_summary(summary: dict | None) -> str | None:
 
 
 @dataclass
+class GeneralRow:
+    """One category of the general-ability check (or "all"): the scores, and each change
+    with its 95% interval, formatted, and the verdict read off that interval."""
+    category: str  # eval.json's key
+    label: str
+    prompts: int | None
+    base: str
+    tuned: str
+    change: str  # "-0.040 [-0.090, +0.010]"
+    verdict: str  # "better" | "worse" | "no clear change" | MISSING_CELL (no interval)
+    aligned: str | None = None
+    aligned_change: str | None = None  # aligned - tuned
+    aligned_verdict: str | None = None
+
+
+@dataclass
+class GeneralSection:
+    """What the report shows of eval.json's "general" block."""
+    engine: str | None
+    prompts: int | None
+    rows: list[GeneralRow]
+    show_aligned: bool
+    plot: dict | None = None
+
+
+def general_section(eval_metrics: dict) -> GeneralSection | None:
+    """None when eval.json has no "general" block (the check was off, or an older run)."""
+    general = eval_metrics.get("general")
+    if not isinstance(general, dict) or not isinstance(general.get("base"), dict):
+        return None
+    counts = general.get("counts") if isinstance(general.get("counts"), dict) else {}
+    show_aligned = isinstance(general.get(ALIGNED), dict)
+    rows = []
+    # "all" last, whatever the file's order: it sums up the rows above it.
+    categories = sorted(general["base"], key=lambda name: name == "all")
+    for category in categories:
+        scores = {model: (general.get(model) or {}).get(category)
+                  for model in ("base", "tuned", ALIGNED)}
+        row = GeneralRow(category, category_label(category),
+                         general.get("examples") if category == "all" else counts.get(category),
+                         _score_cell(scores["base"]), _score_cell(scores["tuned"]),
+                         *_change_and_verdict(general, "delta", category))
+        if show_aligned:
+            row.aligned = _score_cell(scores[ALIGNED])
+            row.aligned_change, row.aligned_verdict = _change_and_verdict(
+                general, "aligned_delta", category)
+        rows.append(row)
+    return GeneralSection(general.get("engine"), general.get("examples"), rows, show_aligned)
+
+
+def general_verdict(low: float, high: float) -> str:
+    """"worse" when the whole 95% interval of a change is below 0, "better" when above."""
+    if high < 0:
+        return "worse"
+    if low > 0:
+        return "better"
+    return "no clear change"
+
+
+def general_summary(eval_metrics: dict) -> str | None:
+    """One console line: the "all" row's change (and the aligned model's), with verdicts."""
+    section = general_section(eval_metrics)
+    rows = section.rows if section else []
+    overall = next((row for row in rows if row.category == "all"), None)
+    if overall is None:
+        return None
+    line = (f"general ability ({section.prompts} prompts): all {overall.base} -> tuned "
+            f"{overall.tuned}, {overall.change} {overall.verdict}")
+    if section.show_aligned:
+        line += (f"; -> aligned {overall.aligned}, {overall.aligned_change} "
+                 f"{overall.aligned_verdict}")
+    return line
+
+
+def format_interval_change(change: float, low: float, high: float) -> str:
+    """"-0.040 [-0.090, +0.010]": a change and its interval, signed, to 3 decimals."""
+    return f"{_signed(change)} [{_signed(low)}, {_signed(high)}]"
+
+
+def _change_and_verdict(general: dict, delta_key: str, category: str) -> tuple[str, str]:
+    change = metric_number((general.get(delta_key) or {}).get(category))
+    low = metric_number((general.get(f"{delta_key}_low") or {}).get(category))
+    high = metric_number((general.get(f"{delta_key}_high") or {}).get(category))
+    if change is None:
+        return MISSING_CELL, MISSING_CELL
+    if low is None or high is None:
+        return _signed(change), MISSING_CELL  # no interval: no verdict
+    return format_interval_change(change, low, high), general_verdict(low, high)
+
+
+def _signed(value: float) -> str:
+    return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: a rounded -0.0001 prints +0.000
+
+
+def _score_cell(value) -> str:
+    number = metric_number(value)
+    return MISSING_CELL if number is None else f"{number:.3f}"
+
+
+@dataclass
+class JudgePair:
+    """One pairwise comparison of metrics/judge.json: how often the judge preferred the
+    first model's answer to the second's."""
+    name: str  # "tuned vs base"
+    first: str
+    second: str
+    judgements: str
+    win_tie_loss: str  # "0.45 / 0.20 / 0.35"
+    preference: str  # "0.550 [0.410, 0.690]"
+    verdict: str  # "prefers tuned" | "prefers base" | "no clear preference" | MISSING_CELL
+    verdict_status: str  # its badge, as a metric's status: the later model preferred "improved"
+    position_consistency: str
+    unparseable: int | None
+
+
+@dataclass
+class RubricRow:
+    """One model's mean rubric scores (1..5) per criterion, formatted."""
+    model: str
+    scores: dict[str, str]
+    unparseable: int | None
+
+
+@dataclass
+class JudgeSection:
+    """What the report shows of metrics/judge.json; ``off`` when the judge did not run."""
+    off: bool
+    model: str | None = None
+    engine: str | None = None
+    examples: int | None = None
+    unparseable: int | None = None
+    verdicts: int | None = None  # how many the judge gave in all, parsed or not
+    pairs: list[JudgePair] = field(default_factory=list)
+    criteria: list[str] = field(default_factory=list)
+    rubric_rows: list[RubricRow] = field(default_factory=list)
+
+
+def judge_section(judge: dict | None) -> JudgeSection | None:
+    """None when there is no metrics/judge.json (a run from before the judge stage): no
+    Judge section at all."""
+    if judge is None:
+        return None
+    if judge.get("judge") == "off":
+        return JudgeSection(off=True)
+    section = JudgeSection(off=False, model=judge.get("model"), engine=judge.get("engine"),
+                           examples=judge.get("examples"),
+                           unparseable=_count(judge.get("unparseable")),
+                           verdicts=_count(judge.get("verdicts")))
+    # The pairs under "pairwise", or beside the other keys ("tuned_vs_base": {...}).
+    pairwise = judge.get("pairwise") if isinstance(judge.get("pairwise"), dict) else judge
+    for key, result in pairwise.items():
+        if JUDGE_PAIR_SEPARATOR in key and isinstance(result, dict):
+            section.pairs.append(_judge_pair(key, result))
+    rubric = judge.get("rubric") if isinstance(judge.get("rubric"), dict) else {}
+    criteria = rubric.get("criteria") or [  # else each model's keys less the counts
+        name for scores in rubric.values() if isinstance(scores, dict)
+        for name in scores if name not in JUDGE_RUBRIC_COUNTS]
+    section.criteria = list(dict.fromkeys(str(name) for name in criteria))
+    for model in ("base", "tuned", ALIGNED):
+        scores = rubric.get(model)
+        if isinstance(scores, dict):
+            section.rubric_rows.append(RubricRow(
+                model, {name: _rubric_cell(scores.get(name)) for name in section.criteria},
+                _count(scores.get("unparseable"))))
+    return section
+
+
+def judge_summary(judge: dict | None) -> str | None:
+    """One console line per pairwise comparison (or "LLM judge off"); None without
+    metrics/judge.json."""
+    section = judge_section(judge)
+    if section is None:
+        return None
+    if section.off:
+        return JUDGE_OFF_LINE
+    lines = [f"judge {section.model} ({section.engine}): {pair.name} preference "
+             f"{pair.preference} {pair.verdict}, {_count_cell(pair.unparseable)} unparseable"
+             for pair in section.pairs]
+    if section.rubric_rows:
+        lines.append(f"judge {section.model} rubric: " + "; ".join(
+            f"{row.model} " + ", ".join(f"{name} {row.scores[name]}" for name in section.criteria)
+            + f" ({_count_cell(row.unparseable)} unparseable)" for row in section.rubric_rows))
+    return "\n".join(lines) or f"judge {section.model}: no pairwise or rubric judgement"
+
+
+def _judge_pair(key: str, result: dict) -> JudgePair:
+    first, _, second = key.partition(JUDGE_PAIR_SEPARATOR)
+    preference = metric_number(result.get("preference"))
+    low = metric_number(result.get("preference_low"))
+    high = metric_number(result.get("preference_high"))
+    verdict = MISSING_CELL
+    if low is not None and high is not None:
+        verdict = (f"prefers {first}" if low > NO_PREFERENCE else
+                   f"prefers {second}" if high < NO_PREFERENCE else "no clear preference")
+    if preference is None:
+        preference_cell = MISSING_CELL
+    elif verdict == MISSING_CELL:
+        preference_cell = f"{preference:.3f}"
+    else:
+        preference_cell = f"{preference:.3f} [{low:.3f}, {high:.3f}]"
+    shares = [metric_number(result.get(name)) for name in ("win", "tie", "loss")]
+    consistency = metric_number(result.get("position_consistency"))
+    return JudgePair(
+        name=f"{first} vs {second}" if second else key.replace("_", " "), first=first,
+        second=second, judgements=format_value(result.get("judgements", MISSING_CELL)),
+        win_tie_loss=" / ".join(MISSING_CELL if share is None else f"{share:.2f}"
+                                for share in shares),
+        preference=preference_cell, verdict=verdict,
+        verdict_status={f"prefers {first}": "improved", f"prefers {second}": "worse"}.get(
+            verdict, "same"),
+        position_consistency=MISSING_CELL if consistency is None else f"{consistency:.2f}",
+        unparseable=_count(result.get("unparseable")))
+
+
+def _rubric_cell(value) -> str:
+    number = metric_number(value)
+    return MISSING_CELL if number is None else f"{number:.2f}"
+
+
+def _count(value) -> int | None:
+    number = metric_number(value)
+    return None if number is None else int(number)
+
+
+def _count_cell(count: int | None) -> str:
+    return MISSING_CELL if count is None else str(count)
+
+
+@dataclass
 class ExportRow:
     """One model of metrics/export.json as the report shows it: cells keyed like
     EXPORT_COLUMNS, already formatted."""
@@ -243,6 +498,13 @@ def export_cell(key: str, value) -> str:
     return format_value(value)
 
 
+def export_columns(rows: list[ExportRow]) -> dict[str, str]:
+    """EXPORT_COLUMNS that some model has a number for: a free-text run's export has no
+    task accuracy or valid JSON, and a column of dashes would say nothing."""
+    return {key: header for key, header in EXPORT_COLUMNS.items()
+            if any(row.cells[key] != MISSING_CELL for row in rows)}
+
+
 def export_settings(export: dict) -> list[tuple[str, object]]:
     """The top-level numbers of metrics/export.json (how the parity check ran), labelled."""
     return [(EXPORT_SETTING_LABELS.get(key, key), value) for key, value in export.items()
@@ -256,9 +518,10 @@ def export_summary(export: dict) -> str:
     for row in export_rows(export):
         if row.name == EXPORT_REFERENCE:
             continue
-        line = (f"llama.cpp {row.name}: task accuracy {row.cells['task_accuracy']}, "
-                f"agreement {row.cells['agreement']}, speed-up {row.cells['speedup']}, "
-                f"{row.cells['size_mb']} MB")
+        parts = [f"{label} {row.cells[key]}" for key, label in
+                 (("task_accuracy", "task accuracy"), ("agreement", "agreement"),
+                  ("speedup", "speed-up")) if row.cells[key] != MISSING_CELL]
+        line = f"llama.cpp {row.name}: {', '.join(parts + [row.cells['size_mb'] + ' MB'])}"
         if row.template_mismatch:
             line += f", [bold red]{row.cells['template_differences']} template differences[/]"
         lines.append(line)
@@ -268,7 +531,7 @@ def export_summary(export: dict) -> str:
 def build_report(*, eval_metrics: dict, params: dict | None = None, samples: list[dict] | None = None,
                  data_stats: dict | None = None, validation: dict | None = None,
                  export: dict | None = None, align_summary: dict | None = None,
-                 plot_paths: Iterable[str | os.PathLike] = (),
+                 judge: dict | None = None, plot_paths: Iterable[str | os.PathLike] = (),
                  max_samples: int = DEFAULT_MAX_SAMPLES,
                  title: str = "tunelab report") -> str:
     """Render the whole report to one HTML string.
@@ -276,7 +539,9 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
     ``params`` is the full params.yaml; only REPORTED_PARAM_SECTIONS are shown.
     Optional inputs that are None are reported as missing rather than failing,
     so a partial run still gets a report. ``align_summary`` (metrics/align/summary.json)
-    adds the Alignment section, unless its objective is "none".
+    adds the Alignment section, unless its objective is "none"; eval.json's "general" block
+    the General ability section; ``judge`` (metrics/judge.json) the Judge section, one line
+    when it says the judge was off.
     """
     if max_samples < 0:
         raise ValueError(f"max_samples must be >= 0, got {max_samples}")
@@ -292,6 +557,11 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
     if alignment is not None:  # else align_*.png (if any) stay under Plots: never dropped
         alignment.plots = [plot for stem, plot in plots if stem.startswith(ALIGN_PLOT_PREFIX)]
         plots = [(stem, plot) for stem, plot in plots if not stem.startswith(ALIGN_PLOT_PREFIX)]
+    general = general_section(eval_metrics)
+    if general is not None:  # else general.png (if any) stays under Plots
+        general.plot = next((plot for stem, plot in plots if stem == GENERAL_PLOT), None)
+        plots = [(stem, plot) for stem, plot in plots if stem != GENERAL_PLOT]
+    exported = None if export is None else export_rows(export)
     sample_fields = SAMPLE_FIELDS + ((ALIGNED,) if any(ALIGNED in sample for sample in samples)
                                      else ())
     return template.render(
@@ -304,6 +574,10 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
         aligned_label=aligned_label(eval_metrics),
         missing_cell=MISSING_CELL,
         alignment=alignment,
+        general=general,
+        general_statuses=GENERAL_VERDICT_STATUS,
+        judge=judge_section(judge),
+        judge_off_line=JUDGE_OFF_LINE,
         param_sections=param_sections,
         data_stats=None if data_stats is None else [(key, value) for key, value in
                                                     table_rows(data_stats)
@@ -311,8 +585,8 @@ def build_report(*, eval_metrics: dict, params: dict | None = None, samples: lis
         data_plots=[plot for stem, plot in plots if stem in DATA_PLOTS],
         validation=None if validation is None else table_rows(validation),
         validation_dropped=(validation or {}).get("dropped_untrainable", 0),  # named above the table
-        export_columns=EXPORT_COLUMNS,
-        export_rows=None if export is None else export_rows(export),
+        export_columns=EXPORT_COLUMNS if exported is None else export_columns(exported),
+        export_rows=exported,
         export_settings=None if export is None else export_settings(export),
         plots=[plot for stem, plot in plots if stem not in DATA_PLOTS],
         # Missing fields render empty: one odd row must not sink the whole report.

@@ -1,6 +1,6 @@
 """PNG figures for a run: training curves from DVCLive (the SFT run's and, when one ran,
-the alignment's), base vs tuned (vs aligned) bars, and the token-length histogram of
-metrics/data.json.
+the alignment's), base vs tuned (vs aligned) bars, the general-ability check's bars per
+category (metrics/eval.json "general") and the token-length histogram of metrics/data.json.
 
 Every figure is written through ``files.atomic_path`` so a crash mid-save never
 leaves a truncated PNG that a later report would embed.
@@ -20,6 +20,8 @@ matplotlib.use("Agg")  # headless: stages run in CI, over SSH and under `dvc rep
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tunelab.eval.metric_names import lower_is_better  # noqa: E402
+from tunelab.report.general_ability import category_label  # noqa: E402
 from tunelab.util import files  # noqa: E402
 
 
@@ -69,9 +71,11 @@ ALIGN_FIGURES = (
                 "tokens", {"mean completion length": ("completions/mean_length",)}),
 )
 
-# Metrics that live on a 0..1 scale and so share one bar chart's y axis.
-UNIT_SCALE_METRICS = ("task_accuracy", "exact_match", "reward")
-UNIT_SCALE_PREFIXES = ("field_", "rouge")
+# The base-vs-tuned chart draws shares: every metric whose values all lie in 0..1 (the
+# built-in task_accuracy, exact_match, json_valid, field_*, rougeL, reward, and whatever a
+# scorer plugin adds), except these, which are on another scale and land in 0..1 only by
+# chance: loss and perplexity (metric_names.lower_is_better) and chrF (0..100).
+OTHER_SCALE_METRICS = ("chrf",)
 
 # The models of metrics/eval.json a bar chart compares, in order, with their bars' look;
 # "aligned" is there only when the align stage ran.
@@ -104,15 +108,14 @@ def plot_training_curves(live_dir: str | os.PathLike, out_dir: str | os.PathLike
 
 def plot_base_vs_tuned(eval_metrics: dict, out_path: str | os.PathLike,
                        dpi: int = DEFAULT_DPI) -> Path | None:
-    """Grouped bars, base vs tuned (vs aligned, when eval.json has it), for the 0..1 metrics
-    of ``metrics/eval.json`` that every one of those models has.
+    """Grouped bars, base vs tuned (vs aligned, when eval.json has it), for the share
+    metrics (share_metrics) of ``metrics/eval.json``.
 
-    Returns the path written, or None when no 0..1 metric is present.
+    Returns the path written, or None when no share metric is present.
     """
     models = [(key, eval_metrics[key], label, color) for key, label, color in COMPARED_MODELS
               if isinstance(eval_metrics.get(key), dict)]
-    names = [name for name in eval_metrics.get("base", {}) if is_unit_scale_metric(name)
-             and all(_is_number(metrics.get(name)) for _, metrics, _, _ in models)]
+    names = share_metrics(eval_metrics)
     if len(models) < 2 or not names:
         return None
 
@@ -133,6 +136,97 @@ def plot_base_vs_tuned(eval_metrics: dict, out_path: str | os.PathLike,
     ax.legend(loc="upper left", ncols=len(models), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_path, dpi)
+
+
+def share_metrics(eval_metrics: dict) -> list[str]:
+    """The metrics of eval.json's "base" (in its order) that are shares: every compared
+    model (base, tuned, aligned where it ran) has a number in 0..1 for it, and it is not
+    one of the metrics on another scale (loss, perplexity, chrF). An absent metric is never
+    one: a free-text run has no task_accuracy and so no bar for it."""
+    models = [eval_metrics[key] for key, _, _ in COMPARED_MODELS
+              if isinstance(eval_metrics.get(key), dict)]
+    return [name for name in eval_metrics.get("base", {})
+            if not lower_is_better(name) and name not in OTHER_SCALE_METRICS
+            and all(_is_number(metrics.get(name)) and 0 <= metrics[name] <= 1
+                    for metrics in models)]
+
+
+def plot_general(eval_metrics: dict, out_path: str | os.PathLike,
+                 dpi: int = DEFAULT_DPI) -> Path | None:
+    """The general-ability check (eval.json "general"): per category, bars of the base,
+    tuned (and aligned) scores; the tuned bar's whisker is the 95% interval of its change
+    from base, the aligned bar's of its change from tuned, so a whisker that reaches the
+    bar before it means no clear change.
+
+    Returns the path written, or None when eval.json has no "general" block.
+    """
+    general = eval_metrics.get("general")
+    if not isinstance(general, dict) or not isinstance(general.get("base"), dict):
+        return None
+    # (model key, its scores, the interval of its change, the scores that change is from)
+    models = [(key, general[key], interval, general.get(before) or {})
+              for key, interval, before in (("base", None, None), ("tuned", "delta", "base"),
+                                            ("aligned", "aligned_delta", "tuned"))
+              if isinstance(general.get(key), dict)]
+    categories = sorted((name for name in general["base"]  # "all" last: it sums the rest up
+                         if all(_is_number(scores.get(name)) for _, scores, _, _ in models)),
+                        key=lambda name: name == "all")
+    if len(models) < 2 or not categories:
+        return None
+
+    colors = {key: color for key, _, color in COMPARED_MODELS}
+    labels = {key: label for key, label, _ in COMPARED_MODELS}
+    bar_width = 0.76 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.6 * len(models) * len(categories) + 2.5), 4.5))
+    for index, (key, scores, interval, before) in enumerate(models):
+        offset = (index - (len(models) - 1) / 2) * bar_width
+        xs = [x + offset for x in range(len(categories))]
+        heights = [scores[name] for name in categories]
+        ax.bar(xs, heights, bar_width, label=labels[key], color=colors[key])
+        tops = heights
+        if interval:
+            low, high = _shifted_interval(general, interval, before, categories)
+            drawn = [i for i, value in enumerate(low) if value is not None]
+            if drawn:  # else eval.json has no interval for this change: bars alone
+                ax.errorbar([xs[i] for i in drawn], [heights[i] for i in drawn],
+                            # max(0, ...): a rounded bound may sit a hair inside the bar
+                            yerr=[[max(0.0, heights[i] - low[i]) for i in drawn],
+                                  [max(0.0, high[i] - heights[i]) for i in drawn]],
+                            fmt="none", ecolor="#1f2933", elinewidth=1.2, capsize=4)
+            tops = [max(height, top if top is not None else height)
+                    for height, top in zip(heights, high)]
+        for x, top, height in zip(xs, tops, heights):
+            ax.text(x, min(top, 1.0) + 0.015, f"{height:.2f}", ha="center", va="bottom",
+                    fontsize=8)
+
+    ax.set_xticks(list(range(len(categories))),
+                  [category_label(name) for name in categories])
+    if len(categories) > 1 and categories[-1] == "all":
+        ax.axvline(len(categories) - 1.5, color="#9aa5b1", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("share correct (0..1, higher is better)")
+    ax.set_xlabel(f"category ({general.get('examples', '?')} prompts in all)")
+    ax.set_title(f"General ability: {' vs '.join(key for key, _, _, _ in models)}")
+    ax.legend(loc="upper left", ncols=len(models), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out_path, dpi)
+
+
+def _shifted_interval(general: dict, interval: str, before: dict, categories: list[str]
+                      ) -> tuple[list[float | None], list[float | None]]:
+    """The interval of a change, moved onto the score scale: the model before's score plus
+    the change's low and high end (None where the interval or that score is missing)."""
+    lows, highs = general.get(f"{interval}_low") or {}, general.get(f"{interval}_high") or {}
+    low, high = [], []
+    for name in categories:
+        ends = (before.get(name), lows.get(name), highs.get(name))
+        if all(_is_number(end) for end in ends):
+            low.append(ends[0] + ends[1])
+            high.append(ends[0] + ends[2])
+        else:
+            low.append(None)
+            high.append(None)
+    return low, high
 
 
 def plot_token_lengths(data_stats: dict, out_path: str | os.PathLike,
@@ -180,10 +274,6 @@ def read_dvclive_series(live_dir: str | os.PathLike) -> dict[str, tuple[list[flo
         if steps:
             series[tsv_path.relative_to(metrics_dir).with_suffix("").as_posix()] = (steps, values)
     return series
-
-
-def is_unit_scale_metric(name: str) -> bool:
-    return name in UNIT_SCALE_METRICS or name.startswith(UNIT_SCALE_PREFIXES)
 
 
 def _read_tsv(tsv_path: Path) -> tuple[list[float], list[float]]:

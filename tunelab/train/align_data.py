@@ -3,7 +3,8 @@ columns; TRL applies the chat template itself).
 
     dpo, orpo  {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
     kto        {"prompt": [messages], "completion": [messages], "label": bool}
-    grpo       {"prompt": [messages], "reference": "the answer the reward checks against"}
+    grpo       {"prompt": [messages], "reference": "the answer the reward checks against",
+                "record": "the example as JSON text (a scorer plugin's third argument)"}
 
 plus ``"tools"`` where an example declares tools. The input is tunelab.data.preferences'
 normalised examples (paired or unpaired); GRPO also takes SFT chat examples
@@ -13,6 +14,8 @@ trains on the answer side only.
 """
 
 from __future__ import annotations
+
+import json
 
 
 def to_preference_dataset(examples: list[dict]):
@@ -55,7 +58,8 @@ def to_grpo_dataset(examples: list[dict]):
         else:
             continue
         rows.append(_with_tools(example, {"prompt": _messages(prompt),
-                                          "reference": reference_text(answer, example)}))
+                                          "reference": reference_text(answer, example),
+                                          "record": json.dumps(example, ensure_ascii=False)}))
     return _dataset(rows)
 
 
