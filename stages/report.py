@@ -18,7 +18,7 @@ from rich.console import Console
 from tunelab import pipeline
 from tunelab.config import params
 from tunelab.errors import DataError
-from tunelab.report import html_page
+from tunelab.report import general_section, html_page, judge_section
 from tunelab.util import files
 
 LOG_WIDTH = 140  # columns: the table with the aligned model's three columns needs about 130
@@ -62,7 +62,8 @@ def main(eval_metrics: str, samples: str, data_stats: str, validation: str, expo
         console.print(html_page.export_summary(export_metrics), soft_wrap=True)
     # Each None: no such block (no alignment ran, no general check, no judge.json)
     for line in (html_page.alignment_summary(align_metrics),
-                 html_page.general_summary(metrics), html_page.judge_summary(judge_metrics)):
+                 general_section.general_summary(metrics),
+                 judge_section.judge_summary(judge_metrics)):
         if line:
             print(line)
     print(f"report: wrote {report}")

@@ -56,14 +56,18 @@ VERDICTS = [
     ({"type": "answer_in", "answers": ["Paris"]}, "A Parisian city.", False),
     ({"type": "answer_in", "answers": ["carbon dioxide", "CO2"]}, "Carbon\ndioxide", True),
     ({"type": "answer_in", "answers": ["carbon dioxide", "CO2"]}, "carbon monoxide", False),
-    # number: the first number, with a minus, thousands commas or a ".0".
+    # number: the last number, with a minus, thousands commas or a ".0".
     ({"type": "number", "value": 1024}, "1,024", True),
     ({"type": "number", "value": 1024}, "The answer is 1024.", True),
     ({"type": "number", "value": -3}, "-3 degrees", True),
     ({"type": "number", "value": -3}, "3", False),
     ({"type": "number", "value": 12}, "12.0", True),
     ({"type": "number", "value": 12}, "12.5", False),
-    ({"type": "number", "value": 7}, "5 + 2 = 7", False),
+    ({"type": "number", "value": 7}, "5 + 2 = 7", True),   # the sum restated, then its result
+    ({"type": "number", "value": 12}, "7 + 5 = 12.", True),
+    ({"type": "number", "value": 7}, "5 + 2 = 8", False),
+    ({"type": "number", "value": 45}, "Half of 90 is 40.", False),
+    ({"type": "number", "value": -7}, "3 - 10 = -7", True),
     ({"type": "number", "value": 2}, "step-2", True),
     ({"type": "number", "value": 7}, "seven", False),
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tunelab.report import html_page, plotting
+from tunelab.report import general_section, html_page, judge_section, plotting
 from test_plotting_reporting import (  # noqa: E402  (tests/ is on sys.path under pytest)
     EVAL_METRICS, assert_png, make_fake_inputs, run_stage)
 from test_alignment_report import section  # noqa: E402
@@ -134,7 +134,7 @@ def test_general_section_shows_each_category_with_its_interval_and_verdict():
     (0.0, 0.1, "no clear change"), (-0.1, 0.0, "no clear change"),
 ])
 def test_general_verdict_reads_the_interval(low, high, verdict):
-    assert html_page.general_verdict(low, high) == verdict
+    assert general_section.general_verdict(low, high) == verdict
 
 
 def test_general_section_adds_the_aligned_change_after_an_alignment():
@@ -151,11 +151,11 @@ def test_general_section_adds_the_aligned_change_after_an_alignment():
 def test_no_general_block_no_section():
     html = html_page.build_report(eval_metrics=EVAL_METRICS)
     assert 'id="general"' not in html and "General ability" not in html
-    assert html_page.general_summary(EVAL_METRICS) is None
+    assert general_section.general_summary(EVAL_METRICS) is None
 
 
 def test_general_summary_is_the_all_row():
-    assert html_page.general_summary(GENERAL_EVAL_METRICS) == (
+    assert general_section.general_summary(GENERAL_EVAL_METRICS) == (
         "general ability (110 prompts): all 0.490 -> tuned 0.450, -0.040 [-0.090, +0.010] "
         "no clear change")
 
@@ -221,7 +221,7 @@ def test_judge_section_reads_the_judge_stages_own_layout():
     assert ("<th>model</th><th>correctness</th><th>coherence</th><th>relevance</th>"
             "<th>unparseable</th></tr>") in section(html, "judge")
     assert 'status-warn">3</span> of 140' in section(html, "judge")
-    assert html_page.judge_summary(JUDGE_STAGE_OUTPUT).splitlines()[:2] == [
+    assert judge_section.judge_summary(JUDGE_STAGE_OUTPUT).splitlines()[:2] == [
         "judge smollm2-135m-instruct (llama.cpp): tuned vs base preference "
         "0.550 [0.410, 0.690] no clear preference, 1 unparseable",
         "judge smollm2-135m-instruct (llama.cpp): aligned vs tuned preference "
@@ -232,10 +232,11 @@ def test_judge_off_is_one_line_and_no_file_no_section():
     off = section(html_page.build_report(eval_metrics=EVAL_METRICS, judge={"judge": "off"}),
                   "judge")
     assert "LLM judge off (judge.model in params.yaml)" in off and "<table" not in off
-    assert html_page.judge_summary({"judge": "off"}) == "LLM judge off (judge.model in params.yaml)"
+    assert judge_section.judge_summary({"judge": "off"}) == (
+        "LLM judge off (judge.model in params.yaml)")
     missing = html_page.build_report(eval_metrics=EVAL_METRICS)
     assert 'id="judge"' not in missing and "Judge" not in missing
-    assert html_page.judge_summary(None) is None
+    assert judge_section.judge_summary(None) is None
 
 
 # --- headline: only the metrics the data has ----------------------------------------------

@@ -7,9 +7,10 @@ answer, the reference and the record (the example as prepared: messages, source 
 record's other fields) returning named scores in 0..1; tunelab averages each over the test
 split into eval.json, and `tunelab check` and sweeps read them there as tuned.NAME.
 
-- correct: a numeric reference is matched by the first number in the answer (so "8",
-  "8.0" and "It has 8 legs." are right, "80" is not); a word, by that word appearing
-  whole in the answer, any case ("mars" and "It is Mars." are right, "Marsh" is not).
+- correct: a numeric reference is matched by the last number in the answer (so "8",
+  "8.0", "It has 8 legs." and "4 + 4 = 8" are right, "80" is not: a model often restates
+  the question before its result); a word, by that word appearing whole in the answer,
+  any case ("mars" and "It is Mars." are right, "Marsh" is not).
 - concise: 1 for the bare value, 1/n for an answer of n words, 0 for an empty one: the
   task asks for the value alone, and this part rewards it before any answer is right.
 """
@@ -23,8 +24,8 @@ def score(answer: str, reference: str, record: dict) -> dict:
     words = answer.split()
     value = NUMBER.fullmatch(reference.strip().replace(",", ""))
     if value:
-        found = NUMBER.search(answer.replace(",", ""))
-        correct = found is not None and float(found.group()) == float(value.group())
+        found = NUMBER.findall(answer.replace(",", ""))
+        correct = bool(found) and float(found[-1]) == float(value.group())
     else:
         word = re.escape(reference.strip().strip(".!?").lower())
         correct = bool(word) and re.search(rf"(?<!\w){word}(?!\w)", answer.lower()) is not None

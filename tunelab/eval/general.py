@@ -19,8 +19,9 @@ pass. A check is ``{"type": ..., <its arguments>}``:
     max_words     {n}        at most n words
     ends_with     {phrase}   ends with phrase, any case, ignoring trailing spaces and quotes
     answer_in     {answers}  one of the answers (aliases) appears as a whole word, any case
-    number        {value}    the first number in the answer ("-3", "1,024", "12.0") equals
-                             the integer value
+    number        {value}    the last number in the answer ("-3", "1,024", "12.0") equals
+                             the integer value (a model restates the sum, "7 + 5 = 12", before
+                             its result, as lm-evaluation-harness's GSM8K extracts the last)
 
 An empty or blank answer passes no check: saying nothing follows no instruction.
 """
@@ -243,16 +244,16 @@ def _json_object(answer: str):
     return value if isinstance(value, dict) else None
 
 
-# The first number: an optional minus (not a hyphen inside a word), digits with optional
+# A number: an optional minus (not a hyphen inside a word), digits with optional
 # thousands commas, an optional decimal part ("12." at a sentence's end reads as 12).
 NUMBER = re.compile(r"(?:(?<!\w)[-\u2212])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
-def _first_number_is(answer: str, value: int) -> bool:
-    found = NUMBER.search(answer)
-    if found is None:
+def _last_number_is(answer: str, value: int) -> bool:
+    found = NUMBER.findall(answer)
+    if not found:
         return False
-    return float(found.group().replace(",", "").replace("\u2212", "-")) == value
+    return float(found[-1].replace(",", "").replace("\u2212", "-")) == value
 
 
 BULLET = re.compile(r"^[ \t]*[-*][ \t]+\S", re.MULTILINE)
@@ -270,5 +271,5 @@ RULES = {
     "ends_with": lambda check, answer: answer.rstrip(QUOTES).lower().endswith(
         check["phrase"].strip().lower()),
     "answer_in": lambda check, answer: any(_has_word(answer, alias) for alias in check["answers"]),
-    "number": lambda check, answer: _first_number_is(answer, check["value"]),
+    "number": lambda check, answer: _last_number_is(answer, check["value"]),
 }

@@ -7,6 +7,9 @@ the general-ability check; with metrics/judge.json, the LLM judge's verdicts.
 The headline table shows the metrics eval.json has, and only those: a free-text run has no
 task_accuracy row, a scorer plugin's metric gets one.
 
+The General ability and Judge sections are built in general_section and judge_section, the
+number formats they share with this page in cells.
+
 The HTML has no external resources at all (plots are base64 data URIs, CSS is
 inline) so it can be mailed, attached to a PR or opened offline as is.
 """
@@ -25,13 +28,14 @@ from rich.table import Table
 
 from tunelab.eval.metric_names import lower_is_better, metric_number
 from tunelab.report import templating
-from tunelab.report.general_ability import category_label
+from tunelab.report.cells import ALIGNED, MISSING_CELL, format_change, format_value
+from tunelab.report.general_section import GENERAL_VERDICT_STATUS, general_section
+from tunelab.report.judge_section import JUDGE_OFF_LINE, judge_section
 from tunelab.util.names import flatten
 
 REPORTED_PARAM_SECTIONS = ("model", "prepare", "train", "evaluate", "export")
 DEFAULT_MAX_SAMPLES = 10
 SAMPLE_FIELDS = ("prompt", "reference", "base", "tuned")
-ALIGNED = "aligned"  # eval.json's and samples.jsonl's key of the aligned model, when one ran
 
 # Changes this small are float noise, not a result ("same").
 RELATIVE_TOLERANCE = 1e-4
@@ -71,14 +75,6 @@ STATUS_STYLES = {"improved": "green", "worse": "red", "same": "dim", "n/a": "dim
 HELDOUT_DETAIL_METRICS = ("perplexity", "chrf")
 HELDOUT_DETAIL_PREFIXES = ("rouge", "field_")
 
-# The general-ability check (eval.json "general") and the LLM judge (metrics/judge.json):
-# a change or a preference is read off its 95% interval.
-GENERAL_VERDICT_STATUS = {"better": "improved", "worse": "worse", "no clear change": "same"}
-JUDGE_OFF_LINE = "LLM judge off (judge.model in params.yaml)"
-JUDGE_PAIR_SEPARATOR = "_vs_"  # "tuned_vs_base": the later model first
-JUDGE_RUBRIC_COUNTS = ("judgements", "unparseable")  # a rubric model's keys that are no criterion
-NO_PREFERENCE = 0.5  # pairwise preference: the later model scores won 1, tie 0.5, lost 0
-
 # metrics/export.json (the export stage): one object per model, "transformers" the reference
 # the GGUF files are compared with, "lora" the adapter GGUF applied to a base GGUF.
 EXPORT_REFERENCE, EXPORT_ADAPTER = "transformers", "lora"
@@ -88,7 +84,6 @@ EXPORT_COLUMNS = {"task_accuracy": "task accuracy", "json_valid": "valid JSON",
                   "speedup": "speed-up", "size_mb": "file size MB"}
 EXPORT_SETTING_LABELS = {"examples": "test examples", "speed_examples": "examples timed",
                          "max_new_tokens": "max new tokens", "threads": "CPU threads"}
-MISSING_CELL = "\u2014"  # an em dash: this model has no such number
 
 
 @dataclass
@@ -222,235 +217,6 @@ def alignment_summary(summary: dict | None) -> str | None:
     changes = [f"{row.name} {format_value(row.base)} -> {format_value(row.tuned)}"
                for row in section.pair_rows]
     return f"alignment {section.objective}: held-out pairs{count} {', '.join(changes)}"
-
-
-@dataclass
-class GeneralRow:
-    """One category of the general-ability check (or "all"): the scores, and each change
-    with its 95% interval, formatted, and the verdict read off that interval."""
-    category: str  # eval.json's key
-    label: str
-    prompts: int | None
-    base: str
-    tuned: str
-    change: str  # "-0.040 [-0.090, +0.010]"
-    verdict: str  # "better" | "worse" | "no clear change" | MISSING_CELL (no interval)
-    aligned: str | None = None
-    aligned_change: str | None = None  # aligned - tuned
-    aligned_verdict: str | None = None
-
-
-@dataclass
-class GeneralSection:
-    """What the report shows of eval.json's "general" block."""
-    engine: str | None
-    prompts: int | None
-    rows: list[GeneralRow]
-    show_aligned: bool
-    plot: dict | None = None
-
-
-def general_section(eval_metrics: dict) -> GeneralSection | None:
-    """None when eval.json has no "general" block (the check was off, or an older run)."""
-    general = eval_metrics.get("general")
-    if not isinstance(general, dict) or not isinstance(general.get("base"), dict):
-        return None
-    counts = general.get("counts") if isinstance(general.get("counts"), dict) else {}
-    show_aligned = isinstance(general.get(ALIGNED), dict)
-    rows = []
-    # "all" last, whatever the file's order: it sums up the rows above it.
-    categories = sorted(general["base"], key=lambda name: name == "all")
-    for category in categories:
-        scores = {model: (general.get(model) or {}).get(category)
-                  for model in ("base", "tuned", ALIGNED)}
-        row = GeneralRow(category, category_label(category),
-                         general.get("examples") if category == "all" else counts.get(category),
-                         _score_cell(scores["base"]), _score_cell(scores["tuned"]),
-                         *_change_and_verdict(general, "delta", category))
-        if show_aligned:
-            row.aligned = _score_cell(scores[ALIGNED])
-            row.aligned_change, row.aligned_verdict = _change_and_verdict(
-                general, "aligned_delta", category)
-        rows.append(row)
-    return GeneralSection(general.get("engine"), general.get("examples"), rows, show_aligned)
-
-
-def general_verdict(low: float, high: float) -> str:
-    """"worse" when the whole 95% interval of a change is below 0, "better" when above."""
-    if high < 0:
-        return "worse"
-    if low > 0:
-        return "better"
-    return "no clear change"
-
-
-def general_summary(eval_metrics: dict) -> str | None:
-    """One console line: the "all" row's change (and the aligned model's), with verdicts."""
-    section = general_section(eval_metrics)
-    rows = section.rows if section else []
-    overall = next((row for row in rows if row.category == "all"), None)
-    if overall is None:
-        return None
-    line = (f"general ability ({section.prompts} prompts): all {overall.base} -> tuned "
-            f"{overall.tuned}, {overall.change} {overall.verdict}")
-    if section.show_aligned:
-        line += (f"; -> aligned {overall.aligned}, {overall.aligned_change} "
-                 f"{overall.aligned_verdict}")
-    return line
-
-
-def format_interval_change(change: float, low: float, high: float) -> str:
-    """"-0.040 [-0.090, +0.010]": a change and its interval, signed, to 3 decimals."""
-    return f"{_signed(change)} [{_signed(low)}, {_signed(high)}]"
-
-
-def _change_and_verdict(general: dict, delta_key: str, category: str) -> tuple[str, str]:
-    change = metric_number((general.get(delta_key) or {}).get(category))
-    low = metric_number((general.get(f"{delta_key}_low") or {}).get(category))
-    high = metric_number((general.get(f"{delta_key}_high") or {}).get(category))
-    if change is None:
-        return MISSING_CELL, MISSING_CELL
-    if low is None or high is None:
-        return _signed(change), MISSING_CELL  # no interval: no verdict
-    return format_interval_change(change, low, high), general_verdict(low, high)
-
-
-def _signed(value: float) -> str:
-    return f"{round(value, 3) + 0.0:+.3f}"  # + 0.0: a rounded -0.0001 prints +0.000
-
-
-def _score_cell(value) -> str:
-    number = metric_number(value)
-    return MISSING_CELL if number is None else f"{number:.3f}"
-
-
-@dataclass
-class JudgePair:
-    """One pairwise comparison of metrics/judge.json: how often the judge preferred the
-    first model's answer to the second's."""
-    name: str  # "tuned vs base"
-    first: str
-    second: str
-    judgements: str
-    win_tie_loss: str  # "0.45 / 0.20 / 0.35"
-    preference: str  # "0.550 [0.410, 0.690]"
-    verdict: str  # "prefers tuned" | "prefers base" | "no clear preference" | MISSING_CELL
-    verdict_status: str  # its badge, as a metric's status: the later model preferred "improved"
-    position_consistency: str
-    unparseable: int | None
-
-
-@dataclass
-class RubricRow:
-    """One model's mean rubric scores (1..5) per criterion, formatted."""
-    model: str
-    scores: dict[str, str]
-    unparseable: int | None
-
-
-@dataclass
-class JudgeSection:
-    """What the report shows of metrics/judge.json; ``off`` when the judge did not run."""
-    off: bool
-    model: str | None = None
-    engine: str | None = None
-    examples: int | None = None
-    unparseable: int | None = None
-    verdicts: int | None = None  # how many the judge gave in all, parsed or not
-    pairs: list[JudgePair] = field(default_factory=list)
-    criteria: list[str] = field(default_factory=list)
-    rubric_rows: list[RubricRow] = field(default_factory=list)
-
-
-def judge_section(judge: dict | None) -> JudgeSection | None:
-    """None when there is no metrics/judge.json (a run from before the judge stage): no
-    Judge section at all."""
-    if judge is None:
-        return None
-    if judge.get("judge") == "off":
-        return JudgeSection(off=True)
-    section = JudgeSection(off=False, model=judge.get("model"), engine=judge.get("engine"),
-                           examples=judge.get("examples"),
-                           unparseable=_count(judge.get("unparseable")),
-                           verdicts=_count(judge.get("verdicts")))
-    # The pairs under "pairwise", or beside the other keys ("tuned_vs_base": {...}).
-    pairwise = judge.get("pairwise") if isinstance(judge.get("pairwise"), dict) else judge
-    for key, result in pairwise.items():
-        if JUDGE_PAIR_SEPARATOR in key and isinstance(result, dict):
-            section.pairs.append(_judge_pair(key, result))
-    rubric = judge.get("rubric") if isinstance(judge.get("rubric"), dict) else {}
-    criteria = rubric.get("criteria") or [  # else each model's keys less the counts
-        name for scores in rubric.values() if isinstance(scores, dict)
-        for name in scores if name not in JUDGE_RUBRIC_COUNTS]
-    section.criteria = list(dict.fromkeys(str(name) for name in criteria))
-    for model in ("base", "tuned", ALIGNED):
-        scores = rubric.get(model)
-        if isinstance(scores, dict):
-            section.rubric_rows.append(RubricRow(
-                model, {name: _rubric_cell(scores.get(name)) for name in section.criteria},
-                _count(scores.get("unparseable"))))
-    return section
-
-
-def judge_summary(judge: dict | None) -> str | None:
-    """One console line per pairwise comparison (or "LLM judge off"); None without
-    metrics/judge.json."""
-    section = judge_section(judge)
-    if section is None:
-        return None
-    if section.off:
-        return JUDGE_OFF_LINE
-    lines = [f"judge {section.model} ({section.engine}): {pair.name} preference "
-             f"{pair.preference} {pair.verdict}, {_count_cell(pair.unparseable)} unparseable"
-             for pair in section.pairs]
-    if section.rubric_rows:
-        lines.append(f"judge {section.model} rubric: " + "; ".join(
-            f"{row.model} " + ", ".join(f"{name} {row.scores[name]}" for name in section.criteria)
-            + f" ({_count_cell(row.unparseable)} unparseable)" for row in section.rubric_rows))
-    return "\n".join(lines) or f"judge {section.model}: no pairwise or rubric judgement"
-
-
-def _judge_pair(key: str, result: dict) -> JudgePair:
-    first, _, second = key.partition(JUDGE_PAIR_SEPARATOR)
-    preference = metric_number(result.get("preference"))
-    low = metric_number(result.get("preference_low"))
-    high = metric_number(result.get("preference_high"))
-    verdict = MISSING_CELL
-    if low is not None and high is not None:
-        verdict = (f"prefers {first}" if low > NO_PREFERENCE else
-                   f"prefers {second}" if high < NO_PREFERENCE else "no clear preference")
-    if preference is None:
-        preference_cell = MISSING_CELL
-    elif verdict == MISSING_CELL:
-        preference_cell = f"{preference:.3f}"
-    else:
-        preference_cell = f"{preference:.3f} [{low:.3f}, {high:.3f}]"
-    shares = [metric_number(result.get(name)) for name in ("win", "tie", "loss")]
-    consistency = metric_number(result.get("position_consistency"))
-    return JudgePair(
-        name=f"{first} vs {second}" if second else key.replace("_", " "), first=first,
-        second=second, judgements=format_value(result.get("judgements", MISSING_CELL)),
-        win_tie_loss=" / ".join(MISSING_CELL if share is None else f"{share:.2f}"
-                                for share in shares),
-        preference=preference_cell, verdict=verdict,
-        verdict_status={f"prefers {first}": "improved", f"prefers {second}": "worse"}.get(
-            verdict, "same"),
-        position_consistency=MISSING_CELL if consistency is None else f"{consistency:.2f}",
-        unparseable=_count(result.get("unparseable")))
-
-
-def _rubric_cell(value) -> str:
-    number = metric_number(value)
-    return MISSING_CELL if number is None else f"{number:.2f}"
-
-
-def _count(value) -> int | None:
-    number = metric_number(value)
-    return None if number is None else int(number)
-
-
-def _count_cell(count: int | None) -> str:
-    return MISSING_CELL if count is None else str(count)
 
 
 @dataclass
@@ -607,25 +373,6 @@ def table_rows(mapping: dict) -> list[tuple[str, object]]:
 
 def _scalar_list(value) -> bool:
     return isinstance(value, list) and all(not isinstance(item, (dict, list)) for item in value)
-
-
-def format_value(value) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if not math.isfinite(value):
-        return str(value)
-    if value != 0 and abs(value) < 1e-3:
-        return f"{value:.2e}"  # four fixed decimals would print a small change as 0.0000
-    return f"{value:,.1f}" if abs(value) >= 1000 else f"{value:.4f}"
-
-
-def format_change(change: float) -> str:
-    formatted = format_value(change)
-    if change == 0 or formatted.startswith(("-", "nan", "inf")):
-        return formatted
-    return f"+{formatted}"
 
 
 def _embed_png(path: Path) -> dict:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tunelab.eval.metric_names import lower_is_better  # noqa: E402
-from tunelab.report.general_ability import category_label  # noqa: E402
+from tunelab.report.general_section import category_label  # noqa: E402
 from tunelab.util import files  # noqa: E402
 
 
