@@ -45,7 +45,7 @@ def make_workspace(root: Path, base_dir: Path, adapter_dir: Path, tokenizer, ali
     files.write_jsonl_atomic(root / "data/preferences/pairs.jsonl", PAIRS)
     files.write_jsonl_atomic(root / "data/prepared/test.jsonl", TEST)
     params = {"prepare": PREPARE, "align": {"data": "data/preferences", **align},
-              "evaluate": {"max_new_tokens": 8, "batch_size": 2, "heldout": ""},
+              "evaluate": {"max_new_tokens": 8, "batch_size": 2, "heldout": "", "general": ""},
               "export": {"quantizations": ["f32"], "speed_examples": 1, "threads": 2}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
@@ -83,7 +83,7 @@ def test_objective_none_writes_only_the_note_and_evaluate_keeps_its_keys(workspa
     result = run("evaluate", workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = files.read_json(workdir / "metrics/eval.json")
-    assert list(metrics) == ["base", "tuned", "delta", "method", "examples"]
+    assert list(metrics) == ["base", "tuned", "delta", "method", "examples", "scorer"]
     assert "aligned" not in files.read_jsonl(workdir / "metrics/samples.jsonl")[0]
 
 
@@ -122,7 +122,7 @@ def test_evaluate_scores_base_sft_and_aligned_side_by_side(evaluated):
     workdir, result = evaluated
     metrics = files.read_json(workdir / "metrics/eval.json")
     assert list(metrics) == ["base", "tuned", "delta", "aligned", "aligned_delta", "method",
-                             "objective", "examples"]
+                             "objective", "examples", "scorer"]
     assert metrics["objective"] == "dpo"
     assert list(metrics["aligned"]) == list(metrics["tuned"]) == list(metrics["base"])
     assert "reward" in metrics["aligned"]

@@ -123,8 +123,8 @@ def test_unknown_format_choice_is_a_usage_error(tmp_path, write_jsonl, capsys):
 def test_repo_params_file_is_valid(capsys):
     code, out, err = run_cli(capsys, "validate-config", REPO_PARAMS)
     assert (code, err) == (0, "")
-    assert out == (f"OK: {REPO_PARAMS} (model, prepare, validate, train, align, evaluate, export, "
-                   "plot, report, check)\n")
+    assert out == (f"OK: {REPO_PARAMS} (model, prepare, validate, train, align, evaluate, judge, "
+                   "export, plot, report, check)\n")
 
 
 def test_multitask_params_file_is_valid_and_its_tasks_checked(tmp_path, capsys):
@@ -163,7 +163,7 @@ def test_default_path_is_params_yaml_in_working_folder(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text("plot:\n  dpi: 72\n")
     code, out, _ = run_cli(capsys, "validate-config")
     assert (code, out) == (0, "OK: params.yaml (model, prepare, validate, train, align, evaluate, "
-                             "export, plot, report, check)\n")
+                             "judge, export, plot, report, check)\n")
 
 
 # --- the installed console script ---------------------------------------------------------

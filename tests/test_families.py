@@ -44,7 +44,7 @@ PIPELINE = {
               "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear",
                        "use_dora": False, "use_rslora": False}},
     "evaluate": {"max_examples": 4, "max_new_tokens": 8, "batch_size": 4,
-                 "heldout": "data/heldout/families.jsonl"},
+                 "heldout": "data/heldout/families.jsonl", "general": ""},  # templates only
     "export": {"quantizations": ["f32"], "speed_examples": 1},
 }
 # What each family's models/base stops on, as token texts (tunelab.chat.stops).

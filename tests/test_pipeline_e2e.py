@@ -17,7 +17,7 @@ STAGES = ["base", "prepare", "validate", "train", "align", "evaluate", "judge", 
 QUICK = {  # a few steps and a few test examples: minutes, not the real run
     "train": {"max_steps": 3, "batch_size": 4, "eval_steps": 0, "logging_steps": 1},
     "evaluate": {"max_examples": 6, "max_new_tokens": 48, "batch_size": 6,
-                 "general_max_new_tokens": 16},  # all 110 general prompts, short answers
+                 "general": "data/general/quick.jsonl", "general_max_new_tokens": 32},
     "export": {"quantizations": ["q8_0"], "speed_examples": 2},
 }
 
@@ -49,6 +49,11 @@ def repo_copy(tmp_path_factory):
     for section, values in QUICK.items():
         params[section].update(values)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # Two general-ability prompts of each category: the mechanism, at a sixth of the cost.
+    shipped = (copy / "data/general/general.jsonl").read_text().splitlines(keepends=True)
+    quick = [line for category in ("instruction_following", "facts", "arithmetic")
+             for line in [l for l in shipped if f'"category": "{category}"' in l][:2]]
+    (copy / "data/general/quick.jsonl").write_text("".join(quick))
     run(["git", "init", "-q"], copy)
     run(["git", "config", "user.email", "e2e@tunelab.local"], copy)
     run(["git", "config", "user.name", "tunelab e2e"], copy)
@@ -82,12 +87,12 @@ def test_repro_runs_every_stage_and_writes_outputs(reproduced):
     assert len(samples) == 6
     # The general-ability block (evaluate.general, on by default) for base and tuned.
     general = metrics["general"]
-    assert general["counts"] == {"instruction_following": 50, "facts": 30, "arithmetic": 30}
+    assert general["counts"] == {"instruction_following": 2, "facts": 2, "arithmetic": 2}
     for key in ("base", "tuned", "delta", "delta_low", "delta_high"):
         assert list(general[key]) == ["instruction_following", "facts", "arithmetic", "all"]
     assert all(general["delta_low"][c] <= general["delta"][c] <= general["delta_high"][c]
                for c in general["delta"])
-    assert len((repo / "metrics/general_answers.jsonl").read_text().splitlines()) == 110
+    assert len((repo / "metrics/general_answers.jsonl").read_text().splitlines()) == 6
     assert json.loads((repo / "metrics/judge.json").read_text()) == {"judge": "off"}
     html = (repo / "reports/report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2

@@ -190,8 +190,8 @@ def test_params_accept_a_scorer(value):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("x.py:score", "'x.py' is not in configs/scorers/, the folder the stages that read it depend "
-                   "on in dvc.yaml (move the file there, or auto)"),
+    ("x.py:score", "'x.py' is not in configs/scorers/, the folder the stages that score "
+                   "(evaluate, align, export) depend on in dvc.yaml (move the file there, or auto)"),
     ("configs/scorers/x.py", "'configs/scorers/x.py' is neither auto nor configs/scorers/FILE.py:FUNCTION"),
     ("configs/scorers/x.txt:score",
      "'configs/scorers/x.txt:score' is neither auto nor configs/scorers/FILE.py:FUNCTION"),

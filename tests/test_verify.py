@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = {"train": {"max_steps": 2, "batch_size": 4, "logging_steps": 1, "save_steps": 1,
                    "eval_steps": 0, "warmup_ratio": 0.0, "precision": "fp32",
                    "lora": {"r": 4, "alpha": 8}},
-         "evaluate": {"max_examples": 2, "max_new_tokens": 3, "batch_size": 2}}
+         # yes/no answers: no held-out file of this task, and no general-ability set
+         "evaluate": {"max_examples": 2, "max_new_tokens": 3, "batch_size": 2, "heldout": "",
+                      "general": ""}}
 
 
 def rows(n):
@@ -50,7 +52,7 @@ def make_workspace(root: Path, tiny_base_dir: Path, settings: dict) -> Path:
     shutil.copytree(tiny_base_dir, root / "models/base")
     shutil.copytree(REPO / "stages", root / "stages")
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    shutil.copytree(REPO / "data/heldout", root / "data/heldout")  # evaluate.heldout
+    (root / "data/heldout").mkdir(parents=True)  # a dvc.yaml dep of evaluate
     files.write_jsonl_atomic(root / params["align"]["data"] / "pairs.jsonl", pairs(12))
     for split, n in (("train", 8), ("val", 2), ("test", 2)):
         files.write_jsonl_atomic(root / f"data/prepared/{split}.jsonl", rows(n))
@@ -127,3 +129,21 @@ def test_workspace_without_a_run_is_a_one_line_error(tmp_path, monkeypatch, caps
                           "metrics/train/summary.json, metrics/align/summary.json, "
                           "metrics/eval.json, data/prepared/train.jsonl")
     assert err.endswith(f"not found in {tmp_path}: run `dvc repro` first\n")
+
+
+def test_the_scratch_folder_links_what_evaluate_reads(tmp_path):
+    """The held-out file, the general-ability set and a scorer plugin (evaluate.heldout,
+    .general, .scorer) are read by the rerun evaluate stage, so the scratch folder has them."""
+    workspace, scratch = tmp_path / "ws", tmp_path / "scratch"
+    names = ["data/heldout/h.jsonl", "data/general/g.jsonl", "configs/scorers/s.py",
+             "models/base/config.json", *verify.COMPARED,
+             *(f"data/prepared/{split}.jsonl" for split in ("train", "val", "test"))]
+    for name in names:
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_text("{}")
+    (workspace / "params.yaml").write_text(yaml.safe_dump({"evaluate": {
+        "heldout": "data/heldout/h.jsonl", "general": "data/general/g.jsonl",
+        "scorer": "configs/scorers/s.py:score"}}))
+    verify.prepare_scratch(workspace, scratch)
+    for name in names[:3]:
+        assert (scratch / name).is_symlink() and (scratch / name).resolve() == workspace / name

@@ -266,7 +266,7 @@ HELDOUT_DIR = "data/heldout"  # the evaluate stage's dvc.yaml dep: the file must
 
 
 def _in_heldout_dir(value: str) -> str:
-    return _in_folder(value, HELDOUT_DIR, "\"\" for none")
+    return _in_folder(value, HELDOUT_DIR, "the evaluate stage depends", "\"\" for none")
 
 
 GENERAL_DIR = "data/general"  # as HELDOUT_DIR, for evaluate.general
@@ -274,13 +274,13 @@ SCORER_DIR = "configs/scorers"  # the scoring stages' (evaluate, align, export) 
 
 
 def _in_general_dir(value: str) -> str:
-    return _in_folder(value, GENERAL_DIR, "\"\" for none")
+    return _in_folder(value, GENERAL_DIR, "the evaluate stage depends", "\"\" for none")
 
 
-def _in_folder(value: str, folder: str, otherwise: str) -> str:
+def _in_folder(value: str, folder: str, who: str, otherwise: str) -> str:
     if value and not value.startswith(folder + "/"):
-        raise complaint(f"{value!r} is not in {folder}/, the folder the stages that read it "
-                        f"depend on in dvc.yaml (move the file there, or {otherwise})")
+        raise complaint(f"{value!r} is not in {folder}/, the folder {who} on in dvc.yaml "
+                        f"(move the file there, or {otherwise})")
     return value
 
 
@@ -292,7 +292,8 @@ def _scorer_spec(value: str) -> str:
     if not colon or not path.endswith(".py") or not function.isidentifier():
         raise complaint(f"{value!r} is neither auto nor {SCORER_DIR}/FILE.py:FUNCTION")
     path_in_repo(path)
-    _in_folder(path, SCORER_DIR, "auto")
+    _in_folder(path, SCORER_DIR, "the stages that score (evaluate, align, export) depend",
+               "auto")
     return value
 
 

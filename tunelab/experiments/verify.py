@@ -2,8 +2,9 @@
 their metrics with the workspace's, key by key.
 
 The scratch folder gets this workspace's params.yaml and links to models/base,
-data/prepared, the preference data align.data names and the held-out file
-evaluate.heldout names (only read); the stage
+data/prepared, the preference data align.data names, and the held-out file, general-ability
+set and scorer plugin that evaluate.heldout, evaluate.general and evaluate.scorer name (only
+read); the stage
 scripts run there as `dvc repro` would run them, so their outputs never touch the
 workspace. On CPU the same params, data and seed give the same numbers exactly, so the
 default tolerance is 0.
@@ -72,9 +73,11 @@ def prepare_scratch(workspace: Path, scratch: Path) -> None:
         raise DataError(f"{', '.join(missing)} not found in {workspace}: run `dvc repro` first")
     scratch.mkdir(parents=True, exist_ok=True)
     shutil.copy2(workspace / "params.yaml", scratch / "params.yaml")
-    heldout = params.load("evaluate", workspace / "params.yaml").heldout
+    evaluate = params.load("evaluate", workspace / "params.yaml")
+    scorer = evaluate.scorer.rpartition(":")[0]  # "" for auto
     preferences = params.load("align", workspace / "params.yaml").data
-    inputs = [name for name in (heldout, preferences) if name and (workspace / name).exists()]
+    inputs = [name for name in (evaluate.heldout, evaluate.general, scorer, preferences)
+              if name and (workspace / name).exists()]
     for name in (*LINKED, *inputs):
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         if not (scratch / name).exists():
