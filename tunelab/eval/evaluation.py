@@ -195,10 +195,10 @@ def evaluate_model(model, tokenizer, examples: list[dict], max_new_tokens: int,
     references = [encoding.split_prompt(e)[1]["content"] for e in chat]
     prompts = [encoding.prompt_ids(tokenizer, e) for e in chat]
     outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
-    metrics.update(scorer.score_split(outputs, references, chat))
+    scores, rows = scorer.score_all(outputs, references, chat)
+    metrics.update(scores)
     metrics.update(scoring.text_scores(outputs, references))
     if reward_weights is not None:
-        rows = scorer.score_rows(outputs, references, chat)
         if not any(reward.missing_names(row, reward_weights) for row in rows):
             metrics["reward"] = sum(reward.weighted(row, reward_weights) for row in rows) / len(rows)
     return ModelResult(metrics, outputs)

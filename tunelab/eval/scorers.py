@@ -68,20 +68,27 @@ class Scorer:
 
     def score_split(self, answers: list[str], references: list[str],
                     records: list[dict] | None = None) -> dict[str, float]:
-        """The split's metrics: auto's by the kind of all its references (JSON: scoring.
-        task_scores, as before plugins); a plugin's, the mean of each of its scores."""
+        """The split's metrics (score_all's first part)."""
+        return self.score_all(answers, references, records)[0]
+
+    def score_all(self, answers: list[str], references: list[str],
+                  records: list[dict] | None = None) -> tuple[dict[str, float], list[dict]]:
+        """(the split's metrics, each answer's scores), each answer scored once. auto's
+        metrics go by the kind of all its references (JSON: scoring.task_scores, as before
+        plugins); a plugin's are the mean of each of its scores."""
         if len(answers) != len(references):
             raise ValueError(f"{len(answers)} answers for {len(references)} references")
-        if self.function is None:
-            kind = reference_kind(references)
-            if kind == JSON:
-                return scoring.task_scores(answers, references)
-            if kind == SHORT_TEXT:
-                matched = sum(scoring.text_match(a, r) for a, r in zip(answers, references))
-                return {"exact_match": matched / max(len(references), 1)}
-            return {}
         rows = self.score_rows(answers, references, records)
-        return {name: sum(row[name] for row in rows) / len(rows) for name in rows[0]} if rows else {}
+        if self.function is not None:
+            return ({name: sum(row[name] for row in rows) / len(rows) for name in rows[0]}
+                    if rows else {}), rows
+        kind = reference_kind(references)
+        if kind == JSON:
+            return scoring.task_scores(answers, references), rows
+        if kind == SHORT_TEXT:
+            return {"exact_match": sum(row["exact_match"] for row in rows)
+                    / max(len(references), 1)}, rows
+        return {}, rows
 
     def score_rows(self, answers: list[str], references: list[str],
                    records: list[dict] | None = None) -> list[dict[str, float]]:
