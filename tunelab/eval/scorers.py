@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import math
 import numbers
 import sys
 from dataclasses import dataclass
@@ -122,7 +121,7 @@ class Scorer:
                 raise DataError(f"evaluate.scorer {self.spec} returned {type(score).__name__} "
                                 f"{_short(score)} as {name!r} for {where}; expected a number "
                                 "in 0..1")
-            if not (0 <= score <= 1) or math.isnan(score):
+            if not 0 <= score <= 1:  # NaN too: it compares false with every number
                 raise DataError(f"evaluate.scorer {self.spec} returned {name!r} = {score} for "
                                 f"{where}, outside 0..1")
             checked[name] = float(score)
