@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tunelab-setup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup go-toolchain skypilot-env run test test-fast bench bench-generate gpu-wheels train-multi multitask verify sweep lr-test check serve serve-gguf
+.PHONY: setup go-toolchain skypilot-env run test test-fast bench bench-generate gpu-wheels train-multi multitask verify sweep lr-test check serve serve-gguf docs docs-serve ui browser
 
 setup: $(STAMP)
 
@@ -48,6 +48,14 @@ go-toolchain:
 	command -v go >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null)
 
+# tests/test_ui.py drives `tunelab ui` in a real browser: Debian's chromium and the
+# chromium-driver built with it (version-matched; Selenium is given both paths, so it never
+# downloads a browser or a driver). ~1 min to install.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver >/dev/null)
+
 # SkyPilot (cloud runs: launch/skypilot/, `tunelab sweep --launcher skypilot`) in a virtualenv of
 # its own: it pins click and uvicorn versions that tunelab's dependencies cannot share. tunelab
 # runs its `sky` command; tests/test_cloud_launch.py parses the task files with its loader.
@@ -65,7 +73,7 @@ $(SKY_STAMP):
 # (imports, DVC, GGUF conversion), so the second core would idle. --dist loadfile keeps each
 # file in one process, so a module's fixture (a pipeline run) is built once. TEST_WORKERS=0: one.
 TEST_WORKERS ?= 2
-test: setup go-toolchain skypilot-env
+test: setup go-toolchain skypilot-env browser
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: setup
@@ -131,3 +139,19 @@ serve: setup
 GGUF ?= models/gguf/tuned-q8_0.gguf
 serve-gguf: setup
 	tunelab serve --gguf tuned=$(GGUF) $(SERVE_ARGS)
+
+# The docs site (mkdocs.yml, docs/) into site/: --strict fails on a broken link or anchor.
+# Its hook rewrites docs/params.md from params.yaml and the schema first (commit that too).
+# NO_MKDOCS_2_WARNING: mkdocs-material's end-of-life banner, printed on every build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
+
+# The same site served while you edit, rebuilt on every change: http://127.0.0.1:8001
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 mkdocs serve --dev-addr 127.0.0.1:8001
+
+# The lab in a browser (docs/ui.md): runs, compare, launch, playground, registry and data
+# pages on http://127.0.0.1:8765. Another --host needs TUNELAB_API_KEY (as `make serve`):
+# make ui UI_ARGS="--host 0.0.0.0 --port 9000"
+ui: setup
+	tunelab ui $(UI_ARGS)

@@ -34,7 +34,7 @@ def main(raw_dir: str, base_dir: str, prepared_dir: str, data_metrics: str) -> i
                         + (f" (first 20 shown, {more} more)" if more > 0 else "")
                         + "; nothing was written")
     train = params.load("train")
-    if train.reasoning == "drop":  # the answers alone train (README: Reasoning models)
+    if train.reasoning == "drop":  # the answers alone train (docs/your-model.md: Reasoning models)
         loaded.examples = [reasoning.without_reasoning(e) for e in loaded.examples]
     unique, duplicates = prepare.deduplicate(loaded.examples)
     splits = prepare.split(unique, p.val_ratio, p.test_ratio, p.seed, p.group_by)

@@ -33,7 +33,9 @@ ALLOWED_IMPORTS = {
     "bench": {"serve", "train", "eval", "models", "data", "chat", "config", "util", "errors"},
     "judge": {"deploy", "eval", "models", "data", "chat", "config", "util", "errors"},
     "pipeline": {"config", "errors"},
-    "cli": {"experiments", "adapters", "deploy", "serve", "bench", "judge", "eval", "report",
+    "ui": {"experiments", "serve", "report", "eval", "data", "models", "chat", "config", "util",
+           "errors"},
+    "cli": {"experiments", "adapters", "deploy", "serve", "bench", "judge", "ui", "eval", "report",
             "train", "data", "models", "chat", "config", "util", "errors"},
 }
 
@@ -225,5 +227,8 @@ def imported_names(path: Path) -> set[str]:
 def test_templates_are_known_data_files():
     templates = {p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*.j2")}
     known = {path for paths in DATA_FILES.values() for path in paths}
-    # sweep.html.j2 is read by `tunelab sweep-report`, which no stage runs.
-    assert templates - known == {"tunelab/report/templates/sweep.html.j2"}
+    # sweep.html.j2 is read by `tunelab sweep-report`, and tunelab/ui/templates/ by
+    # `tunelab ui`: no stage runs either.
+    ui_pages = {path for path in templates if path.startswith("tunelab/ui/templates/")}
+    assert templates - known - ui_pages == {"tunelab/report/templates/sweep.html.j2"}
+    assert ui_pages, "tunelab/ui/templates/ holds the pages of `tunelab ui`"

@@ -18,7 +18,7 @@ the model to learn the answer and the end-of-turn token after it. The cells:
 - served: `tunelab serve --gguf` answers the trained prompt with "hi there", finish
   reason "stop": the GGUF ends the answer at the end-of-turn token.
 
-The README's "Model families" table is this matrix; its ✘ cells say why.
+The table in docs/model-families.md is this matrix; its ✘ cells say why.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """tunelab/bench/gpu_check.py: tunelab's own trainer on a random Llama, here the tiny one on
-CPU (the 8B run needs a GPU: tunelab/bench/README.md)."""
+CPU (the 8B run needs a GPU: docs/gpu.md)."""
 
 import json
 import math

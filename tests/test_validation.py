@@ -71,7 +71,7 @@ def test_tokenizer_without_chat_template_rejects_chat_data(tokenizer):
     assert result.errors == [
         "the data is chat (messages) but the base model's tokenizer has no chat template: set "
         "model.chat_template to one of chatml, qwen3, llama3, gemma, llama2, mistral, phi3, "
-        "alpaca or a .jinja file (README: Model families), or use plain `text` data"]
+        "alpaca or a .jinja file (docs/model-families.md), or use plain `text` data"]
     assert result.checked == 0
 
 

@@ -6,7 +6,7 @@
 # requirements.txt's pins), and the embedded SmolLM2 tokenizer in .whl/tokenizer/ (the trainer's
 # pad token). EXTRA_PACKAGE adds more at .venv's version, e.g. `transformers peft` to train with
 # the pinned versions instead of the image's. .whl/ travels with the working tree, whose limit is
-# 64 MiB in all: tunelab/bench/README.md lists the sizes.
+# 64 MiB in all: docs/gpu.md lists the sizes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."  # the repo root
 PYTHON=${PYTHON:-.venv/bin/python}

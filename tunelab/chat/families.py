@@ -53,7 +53,7 @@ class Folded:
 @dataclass(frozen=True)
 class Family:
     name: str
-    models: str                      # who uses it, for messages and the README
+    models: str                      # who uses it, for messages and the docs
     jinja: str
     special_tokens: tuple[str, ...] = ()
     think: tuple[str, str] | None = None

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tunelab.cli import adapters, bench, data, experiments, generate, serve, watch
+from tunelab.cli import (adapters, bench, data, experiments, generate, import_config, serve,
+                         ui, watch)
 from tunelab.errors import USER_ERRORS
 
 # In `tunelab --help` order.
-COMMAND_GROUPS = (data, generate, bench, adapters, serve, watch, experiments)
+COMMAND_GROUPS = (data, import_config, generate, bench, adapters, serve, watch, experiments,
+                  ui)
 
 
 def main(argv: list[str] | None = None) -> int:

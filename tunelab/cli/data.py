@@ -176,21 +176,29 @@ def analyze_data(args) -> int:
 
 
 def validate_config(args) -> int:
+    sections = check_params_file(args.path)
+    print(f"OK: {args.path} ({', '.join(sections)})")
+    return 0
+
+
+def check_params_file(path, base: Path | None = None) -> list[str]:
+    """validate-config's checks of a params file (import-config runs them too); returns its
+    section names. ``base``: the model folder whose layers train.lora.target_modules must
+    name (default: models/base beside the file)."""
     also_known = ()
-    if "multitask" in params.read_file(args.path):  # multitask/params.yaml
+    if "multitask" in params.read_file(path):  # multitask/params.yaml
         from tunelab.config import multitask
 
-        multitask.load_params(args.path)
+        multitask.load_params(path)
         also_known = ("multitask",)
-    sections = params.load_all(args.path, also_known)  # the cross-key checks included
+    sections = params.load_all(path, also_known)  # the cross-key checks included
     # Named layers must exist in the base model, when it is there to look at (weights unread).
-    base = Path(args.path).parent / DEFAULT_BASE
+    base = Path(path).parent / DEFAULT_BASE if base is None else base
     if not isinstance(sections["train"].lora.target_modules, str) and (base / "config.json").is_file():
         from tunelab.train import training
 
         training.check_target_modules_of(base, sections["train"].lora.target_modules)
-    print(f"OK: {args.path} ({', '.join([*sections, *also_known])})")
-    return 0
+    return [*sections, *also_known]
 
 
 def _param_or_default(section: str, key: str):

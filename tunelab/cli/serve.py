@@ -55,11 +55,10 @@ def register(commands) -> None:
 def serve_models(args) -> int:
     require_extra("serve")
     # Refused before a model loads or an artifact is fetched.
-    if not (server.resolve_api_key(args.api_key) or server.is_loopback(args.host)
-            or args.allow_no_key):
-        print(f"tunelab serve: error: --host {args.host}: not this machine only, and no API "
-              f"key is set: anyone who reaches the port could use the model (set "
-              f"${server.API_KEY_ENV} or --api-key, or pass --allow-no-key)", file=sys.stderr)
+    refusal = server.binding_refusal(args.host, server.resolve_api_key(args.api_key),
+                                     args.allow_no_key)
+    if refusal:
+        print(f"tunelab serve: error: {refusal}", file=sys.stderr)
         return 2
     if args.artifact:
         return serve_artifact(args)

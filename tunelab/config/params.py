@@ -446,7 +446,10 @@ def load_all(path: str | Path = PARAMS_FILE, also_known: tuple[str, ...] = ()) -
     raw = read_file(path)
     for name in raw:
         if name not in SECTIONS and name not in also_known:
-            raise ParamsError(f"{path}: {name}: unknown section{did_you_mean(name, SECTIONS)}")
+            foreign = len(raw) > 1 and not any(key in SECTIONS for key in raw)
+            hint = (f"; is this another tool's config? try `tunelab import-config {path}`"
+                    if foreign else did_you_mean(name, SECTIONS))
+            raise ParamsError(f"{path}: {name}: unknown section{hint}")
     sections = {name: parse(model, raw.get(name) or {}, name, path)
                 for name, model in SECTIONS.items()}
     for name, loaded in sections.items():

@@ -26,7 +26,7 @@ IGNORE_INDEX = -100  # label value that the loss skips
 # Chat data on a tokenizer without a template (most base models): what to set, in one line.
 NO_TEMPLATE = ("the data is chat (messages) but the base model's tokenizer has no chat template: "
                f"set model.chat_template to one of {', '.join(families.FAMILIES)} or a .jinja "
-               "file (README: Model families), or use plain `text` data")
+               "file (docs/model-families.md), or use plain `text` data")
 
 
 @dataclass

@@ -53,13 +53,14 @@ class Difference:
         return "no clear difference"
 
 
-def load_samples(spec: str) -> list[dict]:
-    """The samples of ``spec``: a file, or metrics/samples.jsonl at a revision or experiment."""
+def load_samples(spec: str, root: repo.PathLike = ".") -> list[dict]:
+    """The samples of ``spec``: a file, or metrics/samples.jsonl at a revision or experiment
+    of the repo at ``root``."""
     if Path(spec).is_file():
         origin, text = spec, Path(spec).read_text(encoding="utf-8")
     else:
-        commit = resolve_revision(spec)
-        shown = repo.show_file(commit, SAMPLES_FILE)
+        commit = resolve_revision(spec, root)
+        shown = repo.show_file(commit, SAMPLES_FILE, root)
         if shown is None:
             raise DataError(f"{spec}: no {SAMPLES_FILE} at {commit[:7]} (run evaluate first)")
         origin, text = f"{spec}:{SAMPLES_FILE}", shown
@@ -81,14 +82,15 @@ def load_samples(spec: str) -> list[dict]:
     return samples
 
 
-def resolve_revision(spec: str) -> str:
+def resolve_revision(spec: str, root: repo.PathLike = ".") -> str:
     """The commit of a git revision, or of a DVC experiment of that name (preferring
     one run on HEAD when several experiments share the name)."""
-    commit = repo.resolve_commit(spec)
+    commit = repo.resolve_commit(spec, root)
     if commit is not None:
         return commit
-    head = repo.resolve_commit("HEAD")
-    matches = [(baseline, sha) for baseline, name, sha in repo.experiments() if name == spec]
+    head = repo.resolve_commit("HEAD", root)
+    matches = [(baseline, sha) for baseline, name, sha in repo.experiments(root)
+               if name == spec]
     on_head = [sha for baseline, sha in matches if baseline == head]
     if on_head or len(matches) == 1:
         return (on_head or [matches[0][1]])[0]

@@ -146,6 +146,35 @@ def stages_of(root: PathLike, artifact: str) -> dict[str, str]:
     return {stage: version for stage, version in held.items() if version}
 
 
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One row of `gto show ARTIFACT`: a version, its commit and the stages it holds now."""
+    artifact: str
+    version: str
+    commit: str
+    created: str              # when it was registered (ISO time)
+    stages: tuple[str, ...]   # the stages whose newest assignment is this version
+
+
+def versions(root: PathLike, artifact: str) -> list[RegisteredVersion]:
+    """`gto show ARTIFACT`: every registered version, newest first; none before the first."""
+    import gto.api
+    from gto.exceptions import ArtifactNotFound, GTOException
+
+    try:
+        shown = gto.api.show(str(root), artifact, registered_only=True)
+    except ArtifactNotFound:
+        return []
+    except GTOException as err:
+        raise RepoError(f"gto show {artifact}: {err}") from None
+    held = stages_of(root, artifact)
+    return [RegisteredVersion(artifact, row["version"], row["commit_hexsha"],
+                              str(row["created_at"]),
+                              tuple(stage for stage, version in held.items()
+                                    if version == row["version"]))
+            for row in shown]
+
+
 # --- resolving and fetching -------------------------------------------------------------
 
 def resolve(root: PathLike, reference: str) -> ArtifactVersion:

@@ -1,15 +1,18 @@
 """The one layer through which tunelab talks to Git and DVC (GTO: its sibling, registry).
 
-DVC's Python API does the reading: experiments by name (``Repo.experiments.ls``),
-a file at a revision (``dvc.api.read``), a metrics diff (``Repo.metrics.diff``), the
-experiment queue, applying an experiment, checking out outputs. Nothing here reads DVC's
+DVC's Python API does the reading: experiments by name (``Repo.experiments.ls``), the
+table `dvc exp show` prints (``Repo.experiments.show``), a file at a revision
+(``dvc.api.read``), a metrics diff (``Repo.metrics.diff``), the experiment queue's tasks,
+applying an experiment, checking out outputs. Nothing here reads DVC's
 ref layout or its message text. Subprocesses remain for two jobs those APIs do not do:
 
 - Git's index and commits (``git status/diff/add/rm/checkout/commit``): DVC has no
   API for them, and git's own commands are its stable interface;
-- running experiments (``dvc exp run``): they run the pipeline's stages for minutes, their
-  output has to stream to the user as it comes, and DVC's process-wide state (logging,
-  signal handlers, the repo lock held for the whole run) must stay out of tunelab's process.
+- running experiments (``dvc exp run``) and driving their queue (``dvc queue start``,
+  ``kill``, ``remove``): they run the pipeline's stages for minutes, their output has to
+  stream to the user as it comes, and DVC's process-wide state (logging, signal handlers,
+  the repo lock held for the whole run, the queue's worker processes) must stay out of
+  tunelab's process.
 
 Every failure is a RepoError: one line saying what failed and what to do.
 """
@@ -137,6 +140,18 @@ def show_file(rev: str, path: str, root: PathLike = ".") -> str | None:
         return dvc.api.read(path, repo=str(root), rev=rev, mode="r", encoding="utf-8")
     except (DvcException, FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
         return None
+
+
+def git_files_at(rev: str, paths: list[str], root: PathLike = ".") -> dict[str, str | None]:
+    """{path: its text at ``rev``, or None where Git holds no such file}, for files Git
+    tracks (the outputs dvc.yaml marks ``cache: false``: metrics, DVCLive's plots). show_file
+    would also look for a DVC output, building DVC's index at ``rev`` for each missing file
+    (about a second each)."""
+    texts = {}
+    for path in paths:
+        shown = git("show", f"{rev}:{path}", root=root, check=False)
+        texts[path] = shown.stdout if shown.returncode == 0 else None
+    return texts
 
 
 def read_json_at(root: PathLike, rev: str, path: str) -> dict | None:
@@ -323,3 +338,77 @@ def unbuilt_outputs(dvc_repo) -> set[str]:
     """Outputs (relative to the cwd) that no lock file records a hash for: never built."""
     return {os.path.relpath(out.fs_path) for out in dvc_repo.index.outs if not out.hash_info}
 
+
+# --- the experiment table and the queue, as `tunelab ui` shows and drives them -----------
+
+def show_experiments(commits: int = 1, root: PathLike = ".",
+                     revs: list[str] | None = None) -> list[dict]:
+    """`dvc exp show --json -n COMMITS`: the workspace, the last ``commits`` commits of HEAD
+    and the experiments on them (finished, running, queued and failed), then the commits of
+    older experiments (`dvc exp show --json --rev BASELINE`), all as that JSON: a list of
+    {rev, name, data: {params, metrics, ...}, experiments: [{revs, executor, name}]}.
+    With ``revs``: those commits alone (`dvc exp show --json --rev REV ...`)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as dvc_repo:
+            if revs:
+                states = dvc_repo.experiments.show(revs=revs, num=1, hide_workspace=True)
+            else:
+                states = dvc_repo.experiments.show(num=commits)
+                shown = {state.rev for state in states}
+                older = sorted({base for base, _, _ in experiments(root)} - shown)
+                if older:
+                    states += dvc_repo.experiments.show(revs=older, num=1, hide_workspace=True)
+    except DvcException as err:
+        raise RepoError(f"dvc exp show: {' '.join(str(err).split())}") from None
+    # Through JSON as `dvc exp show --json` writes it: timestamps become ISO text.
+    return json.loads(json.dumps([state.dumpd() for state in states], default=_json_text))
+
+
+def _json_text(value) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def queue_tasks(root: PathLike = ".") -> list[dict]:
+    """`dvc queue status`: {name, rev, status} of every task DVC's queue knows (Queued,
+    Running, Success, Failed)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as dvc_repo:
+            return [{"name": task.get("name"), "rev": task.get("rev"), "status": task["status"]}
+                    for task in dvc_repo.experiments.celery_queue.status()]
+    except DvcException as err:
+        raise RepoError(f"dvc queue status: {err}") from None
+
+
+def start_queue(jobs: int = 1) -> None:
+    """`dvc queue start -j JOBS`: workers that run the queued experiments in the background,
+    ``jobs`` at a time, and take experiments queued later as well (a worker stops a minute
+    after the queue is empty). Unlike run_queue, nothing holds DVC's repo lock meanwhile, so
+    more experiments can be queued, and queued ones removed, while one runs."""
+    import tempfile
+
+    # Its output into a file, not a pipe: the process that spawns the workers lives on
+    # holding it, and reading a pipe to its end would wait for the whole queue.
+    with tempfile.TemporaryFile(mode="w+") as output:
+        result = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                                stdout=output, stderr=subprocess.STDOUT, text=True,
+                                env=tool_env())
+        if result.returncode != 0:
+            output.seek(0)
+            lines = output.read().strip().splitlines() or [str(result.returncode)]
+            raise RepoError(f"dvc queue start: {lines[-1].removeprefix('ERROR: ')}")
+
+
+def kill_experiment(name: str) -> None:
+    """`dvc queue kill NAME`: stop a running experiment (it ends as failed)."""
+    dvc("queue", "kill", name)
+
+
+def remove_queued(name: str) -> None:
+    """`dvc queue remove NAME`: take an experiment that has not started off the queue."""
+    dvc("queue", "remove", name)

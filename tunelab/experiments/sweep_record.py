@@ -78,3 +78,18 @@ def finish(trial: dict, commit: str, metric: str) -> None:
     trial["commit"] = commit
     trial["value"] = check.metric_value(metric, lambda path: repo.show_file(commit, path))
     trial["status"] = "done" if trial["value"] is not None else "no metric"
+
+
+def trial_sweeps(root: str | Path = ".") -> dict[str, str]:
+    """{experiment name: sweep id} of every trial the records in reports/sweeps/ list (a
+    record that cannot be read names none)."""
+    found = {}
+    for path in sorted((Path(root) / RECORDS_DIR).glob("*.json")):
+        try:
+            record = files.read_json(path)
+        except (OSError, ValueError):
+            continue
+        for trial in record.get("trials", []) if isinstance(record, dict) else []:
+            if isinstance(trial, dict) and isinstance(trial.get("name"), str):
+                found[trial["name"]] = record.get("id", path.stem)
+    return found

@@ -69,7 +69,7 @@ def create_app(engine, api_key: str | None = None,
     async def check_api_key(request: Request, call_next):
         # A middleware, not a dependency: it runs before the body is parsed, so a
         # caller without the key learns nothing from validation errors.
-        if api_key and request.url.path.startswith("/v1") and not _key_matches(request, api_key):
+        if api_key and request.url.path.startswith("/v1") and not key_matches(request, api_key):
             return _error_response(ApiError(
                 401, "Incorrect or missing API key: send it as 'Authorization: Bearer KEY'",
                 code="invalid_api_key"))
@@ -222,7 +222,8 @@ def _max_new_tokens(body: SamplingRequest, prompt_tokens: int, max_context: int 
     return min(requested or limit, room)
 
 
-def _key_matches(request, api_key: str) -> bool:
+def key_matches(request, api_key: str) -> bool:
+    """Whether the request sends ``api_key`` as 'Authorization: Bearer KEY'."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
                                                               api_key.encode())
@@ -288,6 +289,18 @@ def start_in_thread(app, host: str = DEFAULT_HOST, timeout: float = 60):
 def resolve_api_key(api_key: str | None) -> str | None:
     """The key to require: ``--api-key``, else $TUNELAB_API_KEY, else none."""
     return api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def binding_refusal(host: str, api_key: str | None, allow_no_key: bool,
+                    served: str = "the model") -> str | None:
+    """Why a server must not start on ``host``: one that other machines can reach needs an
+    API key (``api_key`` as resolve_api_key gives it), unless ``allow_no_key``; None when
+    it may start. `tunelab serve` and `tunelab ui` both refuse by this rule."""
+    if api_key or is_loopback(host) or allow_no_key:
+        return None
+    return (f"--host {host}: not this machine only, and no API key is set: anyone who reaches "
+            f"the port could use {served} (set ${API_KEY_ENV} or --api-key, or pass "
+            "--allow-no-key)")
 
 
 def check_sources(base: Path, adapters: list[tuple[str, Path]], base_name: str) -> dict:
