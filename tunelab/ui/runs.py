@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 
 from tunelab.experiments import check, repo, sweep_record
 from tunelab.ui.pages import PageError, render
+from tunelab.util.names import flatten
 
 router = APIRouter()
 
@@ -177,16 +178,6 @@ def flat_metrics(data: dict) -> dict:
             prefix = prefixes.get(path) or Path(path).stem
             named.update(flatten(values, prefix + "."))
     return named
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 # --- the pages ---------------------------------------------------------------------
