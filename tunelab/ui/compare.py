@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import tempfile
@@ -23,10 +22,10 @@ from pathlib import Path
 from fastapi import APIRouter, Query, Request
 
 from tunelab.errors import DataError
-from tunelab.eval.metric_names import lower_is_better
+from tunelab.eval.metric_names import lower_is_better, metric_number
 from tunelab.experiments import repo
 from tunelab.report import plotting
-from tunelab.ui.pages import PageError, render
+from tunelab.ui.pages import PageError, png_data_uri, render
 from tunelab.ui.runs import HEADLINE_METRICS, Run, find_run, run_table
 
 router = APIRouter()
@@ -86,10 +85,11 @@ def metric_rows(runs: list[Run]) -> list[MetricRow]:
     Runs page's headline metrics first. eval.json's delta.* (tuned - base within one run)
     are left out: a difference of differences says less than the two it comes from."""
     names = {key for r in runs for key, value in r.metrics.items()
-             if _is_number(value) and not key.startswith("delta.")}
+             if metric_number(value) is not None and not key.startswith("delta.")}
     rows = []
     for name in sorted(names, key=metric_order):
-        values = [r.metrics.get(name) if _is_number(r.metrics.get(name)) else None for r in runs]
+        values = [r.metrics.get(name) if metric_number(r.metrics.get(name)) is not None
+                  else None for r in runs]
         if len({value for value in values if value is not None}) < 2:
             continue
         first = values[0]
@@ -104,10 +104,6 @@ def metric_order(name: str) -> tuple:
     prefix = name.split(".", 1)[0]
     return (1 + (METRIC_GROUPS.index(prefix) if prefix in METRIC_GROUPS else len(METRIC_GROUPS)),
             name)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --- the paired comparison and the answers (experiments.compare_runs) ------------------
@@ -197,7 +193,7 @@ def curves_png(runs: list[Run], root: Path) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
+    return png_data_uri(png_bytes(fig))
 
 
 def png_bytes(fig) -> bytes:

@@ -12,7 +12,6 @@ file, params.yaml or the tokenizer changes.
 
 from __future__ import annotations
 
-import base64
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from tunelab.config import params
 from tunelab.data import analysis, columns, encoding, prepare
 from tunelab.errors import DataError
 from tunelab.report import plotting
-from tunelab.ui.pages import PageError, render
+from tunelab.ui.pages import PageError, png_data_uri, render
 
 router = APIRouter()
 
@@ -112,7 +111,7 @@ def histogram_png(figures: dict) -> str:
     with tempfile.TemporaryDirectory(prefix="tunelab-ui-data-") as folder:
         written = plotting.plot_token_lengths({"analysis": figures},
                                               Path(folder) / "token_lengths.png")
-        return "data:image/png;base64," + base64.b64encode(written.read_bytes()).decode("ascii")
+        return png_data_uri(written.read_bytes())
 
 
 def preview(found: Analyzed, example: dict) -> Preview:

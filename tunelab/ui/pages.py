@@ -8,6 +8,7 @@ render instead of printing nothing), as tunelab.report's pages are.
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -39,6 +40,11 @@ def number(value, digits: int = 4) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{value:.{digits}g}"
+
+
+def png_data_uri(png: bytes) -> str:
+    """A PNG as a data: URL, for an <img> that needs no second request (the plots pages draw)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _environment() -> jinja2.Environment:
