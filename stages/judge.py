@@ -37,9 +37,7 @@ def main(samples_file: str, judge_metrics: str, verdicts_file: str) -> int:
         summary, verdicts = judging.judge(engine, samples, p.criteria, p.pairwise, p.rubric)
     finally:
         engine.close()
-    result = {"model": p.model, "engine": engine.engine, **summary}
-    if engine.engine == "endpoint":
-        result["endpoint_model"] = p.endpoint_model
+    result = {"model": p.model, "engine": engine.engine, **engine.details, **summary}
     files.write_json_atomic(judge_metrics, result)
     files.write_jsonl_atomic(verdicts_file, verdicts)
     print_summary(result, verdicts, verdicts_file)

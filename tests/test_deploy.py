@@ -149,3 +149,81 @@ def test_missing_convert_scripts_say_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.setenv(gguf_export.TOOLS_ENV, str(tmp_path))
     with pytest.raises(DeployError, match=r"convert_hf_to_gguf.py is not there; run `make setup`"):
         gguf_export.tools_dir()
+
+
+# ggml's x86 CPU backends the wheel ships (tunelab/deploy/llama_wheel.py KEEP), most capable
+# first, with the /proc/cpuinfo flags each needs (ggml-cpu/arch/x86/cpu-feats.cpp's score:
+# every feature a backend was compiled for must be there; the highest score wins).
+HASWELL = {"sse4_2", "avx", "f16c", "fma", "avx2", "bmi2"}
+SKYLAKEX = HASWELL | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
+ICELAKE = SKYLAKEX | {"avx512vbmi", "avx512_vnni"}
+ZEN4 = ICELAKE | {"avx512_bf16"}
+CPU_LEVELS = [("sapphirerapids", ZEN4 | {"amx_int8"}), ("zen4", ZEN4), ("icelake", ICELAKE),
+              ("skylakex", SKYLAKEX), ("haswell", HASWELL), ("x64", set())]
+
+
+def cpu_flags() -> set[str]:
+    from pathlib import Path
+
+    text = Path("/proc/cpuinfo").read_text()
+    return set(next(line for line in text.splitlines() if line.startswith("flags"))
+               .split(":", 1)[1].split())
+
+
+def test_llama_cpp_runs_the_best_cpu_backend_this_cpu_has():
+    """The wheel has one CPU backend per x86 level, and the one loaded is the most capable
+    this CPU runs (an AVX2 EPYC: haswell; a Sapphire Rapids Xeon: sapphirerapids)."""
+    from llama_cpp.llama_cpp import _base_path
+
+    from tunelab.deploy import llama_wheel
+
+    shipped = sorted(path.name.removeprefix("libggml-cpu-").split(".so")[0]
+                     for path in _base_path.glob("libggml-cpu-*.so"))
+    assert shipped == sorted(llama_wheel.KEEP)
+    flags = cpu_flags()
+    expected = next(name for name, needs in CPU_LEVELS if needs <= flags)
+    assert llama_runtime.cpu_backend() == expected
+    assert llama_runtime.loaded_cpu_variant() == expected
+
+
+class FakeGgml:
+    """ggml's two loader functions, as ctypes exposes them, with ``backends`` registered
+    before loading and ``loads`` more after."""
+
+    def __init__(self, backends: int, loads: int):
+        self.count, self.loaded_from = backends, None
+
+        def reg_count():
+            return self.count
+
+        def load_all_from_path(path):
+            self.loaded_from, self.count = path, self.count + loads
+
+        # plain functions: cpu_backend sets their ctypes restype/argtypes attributes
+        self.ggml_backend_reg_count = reg_count
+        self.ggml_backend_load_all_from_path = load_all_from_path
+
+
+def fake_ggml(monkeypatch, tmp_path, backends: int, loads: int) -> FakeGgml:
+    import llama_cpp.llama_cpp
+
+    fake = FakeGgml(backends, loads)
+    monkeypatch.setattr(llama_cpp.llama_cpp, "_lib", fake)
+    monkeypatch.setattr(llama_cpp.llama_cpp, "_base_path", tmp_path)
+    return fake
+
+
+def test_a_build_with_the_cpu_backend_linked_in_is_used_as_it_is(monkeypatch, tmp_path):
+    fake = fake_ggml(monkeypatch, tmp_path, backends=1, loads=0)
+    assert llama_runtime.cpu_backend.__wrapped__() == "built-in"
+    assert fake.loaded_from is None
+
+
+def test_no_cpu_backend_that_loads_is_one_line(monkeypatch, tmp_path):
+    fake = fake_ggml(monkeypatch, tmp_path, backends=0, loads=0)
+    with pytest.raises(DeployError) as raised:
+        llama_runtime.cpu_backend.__wrapped__()
+    assert fake.loaded_from == str(tmp_path).encode()
+    assert str(raised.value) == (
+        f"{tmp_path}: no llama.cpp CPU backend loads on this machine (libggml-cpu-*.so "
+        "missing or built for another CPU); rebuild with `make setup`")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import stage_args
+from tunelab.deploy import llama_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = [
@@ -87,9 +88,12 @@ def test_metrics_compare_every_file_with_transformers(exported):
     workdir, _ = exported
     metrics = json.loads((workdir / "metrics/export.json").read_text())
     assert list(metrics) == ["examples", "speed_examples", "max_new_tokens", "threads",
-                             "transformers", "f32", "q8_0", "lora"]
+                             "llama_cpp_cpu", "transformers", "f32", "q8_0", "lora"]
     assert (metrics["examples"], metrics["speed_examples"], metrics["max_new_tokens"],
             metrics["threads"]) == (3, 2, 10, 2)
+    # the CPU backend the stage's llama.cpp ran: the one this machine loads (test_deploy pins
+    # which that is for the CPU's features)
+    assert metrics["llama_cpp_cpu"] == llama_runtime.cpu_backend()
     reference = json.loads((workdir / "metrics/eval.json").read_text())["tuned"]
     assert "loss" not in metrics["transformers"]
     for name in ("f32", "q8_0", "lora"):

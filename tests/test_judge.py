@@ -19,6 +19,7 @@ import yaml
 
 from conftest import free_port, run_stage
 from tunelab.config import params
+from tunelab.deploy import llama_runtime
 from tunelab.errors import ModelSourceError, ParamsError
 from tunelab.eval.intervals import mean_interval
 from tunelab.judge import engines, judging, prompts
@@ -283,7 +284,8 @@ def test_embedded_smollm2_judges_through_llama_cpp(tmp_path):
     done = run_stage("judge", root, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = assert_judged(root, "llama.cpp", samples=2)
-    assert summary["model"] == "smollm2-135m-instruct"
+    assert (summary["model"], summary["llama_cpp_cpu"]) == ("smollm2-135m-instruct",
+                                                            llama_runtime.cpu_backend())
     assert "verdicts unparseable" in done.stdout
 
 
@@ -325,6 +327,7 @@ def test_tunelab_serve_is_a_judge_endpoint_through_the_openai_client(judge_serve
     assert done.returncode == 0, done.stderr[-3000:]
     summary = assert_judged(root, "endpoint", samples=2)
     assert (summary["model"], summary["endpoint_model"]) == (judge_server, "judge")
+    assert "llama_cpp_cpu" not in summary  # the endpoint's kernels are its own business
 
 
 def one_line_error(root: Path) -> str:

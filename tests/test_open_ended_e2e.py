@@ -13,6 +13,7 @@ import shutil
 import pytest
 
 from conftest import TINY_PIPELINE, copy_repo, run_tool
+from tunelab.deploy import llama_runtime
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +72,7 @@ def test_the_judge_block_with_the_embedded_gguf(open_ended_run):
     judge = json.loads((repo / "metrics/judge.json").read_text())
     assert (judge["model"], judge["engine"], judge["examples"]) == (
         "smollm2-135m-instruct", "llama.cpp", 2)
+    assert judge["llama_cpp_cpu"] == llama_runtime.cpu_backend()  # the kernels it ran on
     pair = judge["tuned_vs_base"]
     assert pair["judgements"] + pair["unparseable"] == 4  # 2 examples x both orders
     assert set(judge["rubric"]) == {"base", "tuned"}

@@ -8,12 +8,17 @@ tokens parsed and no extra BOS (the template writes any it wants). Generation st
 any end-of-generation token of the vocabulary (llama.cpp's ``llama_vocab_is_eog``);
 that token is returned with the others, as transformers' ``generate`` returns EOS.
 A llama.cpp context is not thread-safe: callers use one model from one thread at a time.
+
+The CPU kernels are picked at run time (``cpu_backend``): `make setup` builds ggml's CPU
+backend once per x86 level, and the best one this CPU runs is loaded before any model.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +37,57 @@ class Generation:
     seconds: float            # wall time of prompt processing plus generation
 
 
+@functools.cache
+def cpu_backend() -> str:
+    """Load llama.cpp's CPU backend, once per process and before any model; returns its name.
+
+    `make setup` builds ggml with GGML_BACKEND_DL and GGML_CPU_ALL_VARIANTS: one library per
+    x86 level (libggml-cpu-x64.so ... -haswell (AVX2), -skylakex, -icelake, -zen4 (AVX-512),
+    -sapphirerapids (AMX)) next to libggml.so, and ggml loads the one with the highest score
+    among those this CPU runs. llama-cpp-python 0.3.36 leaves that to llama_backend_init,
+    which searches the executable's and the working folder, not the package's, and so finds
+    none (abetlen/llama-cpp-python#2069): the package's folder is named here. Returns the
+    variant loaded ("haswell"), or "built-in" for a llama.cpp with the CPU backend linked in
+    (the loader is not needed and not called)."""
+    # llama-cpp-python's handle on libllama (llama_cpp.llama_cpp._lib, the version pinned in
+    # requirements.txt) and its folder: a symbol looked up through a dlopen handle comes from
+    # that library or its dependencies, so this is the libggml that libllama itself uses (a
+    # dlopen of llama_cpp/lib/libggml.so would be a second copy: the wheel stores
+    # libggml.so and libggml.so.0 as two files, and only the copy that registered the
+    # backend has it).
+    from llama_cpp.llama_cpp import _base_path as lib_dir
+    from llama_cpp.llama_cpp import _lib as libllama
+
+    libllama.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if libllama.ggml_backend_reg_count():
+        return "built-in"
+    libllama.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    libllama.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    if not libllama.ggml_backend_reg_count():
+        raise DeployError(f"{lib_dir}: no llama.cpp CPU backend loads on this machine "
+                          "(libggml-cpu-*.so missing or built for another CPU); rebuild with "
+                          "`make setup`")
+    return loaded_cpu_variant()
+
+
+def loaded_cpu_variant() -> str:
+    """The libggml-cpu-VARIANT.so this process has mapped (Linux's /proc/self/maps);
+    "unknown" where that cannot be read."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return "unknown"
+    found = re.search(r"libggml-cpu-([\w.]+?)\.so", maps)
+    return found.group(1) if found else "unknown"
+
+
 def load(path: str | Path, context: int = DEFAULT_CONTEXT, threads: int | None = None,
          lora: str | Path | None = None):
     """A ``llama_cpp.Llama`` for ``path`` (plus a GGUF LoRA); one line naming the file if
     it cannot load."""
     from llama_cpp import Llama
 
+    cpu_backend()
     path = Path(path)
     if not path.is_file():
         raise DeployError(f"{path}: GGUF file not found")
@@ -59,6 +109,7 @@ def metadata(path: str | Path) -> dict[str, str]:
     every token string in Python (~25 s)."""
     from llama_cpp import Llama
 
+    cpu_backend()
     return dict(Llama(model_path=str(path), vocab_only=True, verbose=False).metadata)
 
 

@@ -117,6 +117,7 @@ def check(contenders: list[Contender], split: HeldOut, tuned_metrics: dict,
     result = {"examples": len(split.prompts),
               "speed_examples": min(speed_examples, len(split.prompts)),
               "max_new_tokens": max_new_tokens, "threads": threads,
+              "llama_cpp_cpu": llama_runtime.cpu_backend(),  # whose kernels the speeds are
               "transformers": {**{k: v for k, v in tuned_metrics.items()
                                   if k not in SHARED_SCORES},
                                "tokens_per_second": transformers_tokens_per_second}}

@@ -12,7 +12,8 @@
         read from the environment variable ``judge.api_key_env`` (none when unset), never
         from params.yaml, which Git shares.
 
-Both have ``answer(messages, schema, name) -> str`` and ``close()``. Everything that stops
+Both have ``answer(messages, schema, name) -> str``, ``close()``, ``engine`` and ``details``
+(what judge.json records beside the engine's name). Everything that stops
 an endpoint from answering (down, a refused key, an HTTP error) is one JudgeError line
 naming the URL.
 """
@@ -68,6 +69,8 @@ class GgufJudge:
         require("llama_cpp", "gguf", f"judge.model {path}")
         self.path, self.max_new_tokens = path, max_new_tokens
         self.llm = llama_runtime.load(path, context=context, threads=threads)
+        # judge.json names the CPU kernels the verdicts came from (llama_runtime.cpu_backend)
+        self.details = {"llama_cpp_cpu": llama_runtime.cpu_backend()}
         self._gbnf: dict[str, str] = {}  # schema JSON -> its grammar text
 
     def answer(self, messages: list[dict], schema: dict, name: str) -> str:
@@ -102,6 +105,7 @@ class EndpointJudge:
                               "/models lists them), got \"\"")
         self.url, self.model, self.api_key_env = url.rstrip("/"), model, api_key_env
         self.max_new_tokens, self.timeout = max_new_tokens, timeout
+        self.details = {"endpoint_model": model}
         # The client needs some key; a server that checks none ignores this one.
         self.client = openai.OpenAI(base_url=self.url, timeout=timeout, max_retries=MAX_RETRIES,
                                     api_key=os.environ.get(api_key_env) or "no-key")

@@ -83,7 +83,8 @@ EXPORT_COLUMNS = {"task_accuracy": "task accuracy", "json_valid": "valid JSON",
                   "template_differences": "template differences", "tokens_per_second": "tokens/s",
                   "speedup": "speed-up", "size_mb": "file size MB"}
 EXPORT_SETTING_LABELS = {"examples": "test examples", "speed_examples": "examples timed",
-                         "max_new_tokens": "max new tokens", "threads": "CPU threads"}
+                         "max_new_tokens": "max new tokens", "threads": "CPU threads",
+                         "llama_cpp_cpu": "llama.cpp CPU kernels"}
 
 
 @dataclass
