@@ -15,7 +15,7 @@ setup: $(STAMP)
 # source with the system cmake and gcc, once per machine, into a wheel cache of its own (pip's is
 # keyed by the source alone). Only the CPU library (no multimodal library, no tools), with ggml's
 # CPU backend built for six x86 levels (x64 ... AVX2, AVX-512, AMX) and the best one this CPU runs
-# loaded at run time (GGML_BACKEND_DL): one cached wheel runs on every x86-64 box. ~7 min on 2 cores.
+# loaded at run time (GGML_BACKEND_DL): one cached wheel runs on every x86-64 box. ~8 min on 2 cores.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF
 LLAMA_CPP_PYTHON := $(shell sed -n 's/^llama-cpp-python==\([^ ]*\).*/\1/p' requirements.txt)
 LLAMA_WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tunelab/wheels

@@ -227,3 +227,41 @@ def test_no_cpu_backend_that_loads_is_one_line(monkeypatch, tmp_path):
     assert str(raised.value) == (
         f"{tmp_path}: no llama.cpp CPU backend loads on this machine (libggml-cpu-*.so "
         "missing or built for another CPU); rebuild with `make setup`")
+
+
+# A process that loads one named CPU backend instead of the best, then answers like
+# llama_greedy: the backend registry is per process, so this runs in a child.
+ONE_BACKEND = """
+import json, sys
+from llama_cpp.llama_cpp import _base_path, _lib
+from tunelab.deploy import llama_runtime
+_lib.ggml_backend_load.argtypes = [__import__("ctypes").c_char_p]
+_lib.ggml_backend_load(str(_base_path / f"libggml-cpu-{sys.argv[1]}.so").encode())
+print(llama_runtime.cpu_backend(), file=sys.stderr)  # registered already: "built-in" path
+llm = llama_runtime.load(sys.argv[2], context=256, threads=2)
+prompts = json.loads(sys.argv[3])
+ids = [llama_runtime.chat_prompt_tokens(llm, messages) for messages in prompts]
+print(json.dumps([llama_runtime.generate(llm, p, int(sys.argv[4])).token_ids for p in ids]))
+"""
+
+
+def test_the_portable_x64_backend_gives_transformers_greedy_tokens(tiny_base_dir, tiny_gguf,
+                                                                  tokenizer):
+    """A CPU without AVX2 gets libggml-cpu-x64.so: it must compute the same model (up to a
+    tie), or the wheel that "runs on every x86-64 box" runs wrong there."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    done = subprocess.run([sys.executable, "-c", ONE_BACKEND, "x64", str(tiny_gguf),
+                           json.dumps(PROMPTS), str(NEW_TOKENS)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "libggml-cpu-x64.so" in done.stderr  # ggml's own line: which library it loaded
+    generated = json.loads(done.stdout.splitlines()[-1])
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
+    for messages, got in zip(PROMPTS, generated):
+        prompt = encoding.chat_ids(tokenizer, messages, add_generation_prompt=True)
+        expected = transformers_greedy(model, prompt, tokenizer.eos_token_id)
+        assert_same_greedy_tokens(model, prompt, expected, got)
