@@ -12,9 +12,10 @@ then runs on every x86-64 box and uses AVX-512 and AMX where a box has them.
 
 ggml's own list is 14 levels, ~35 s of compiling each on 2 cores (~8 min on top of the
 build). ``KEEP`` is the six that matter for the machines tunelab runs on (the whole build
-with them: 8-9 min on 2 cores, against 3.6 min for one AVX2 backend); the other lines of the list are deleted
-from ggml's CMakeLists.txt in the unpacked copy (ggml has no option for a subset), and a
-list that no longer has the expected shape stops the build with one line.
+with them: 8-9 min on 2 cores, against 3.6 min for one AVX2 backend); the other lines of
+the list are deleted from ggml's CMakeLists.txt in the unpacked copy (ggml has no option
+for a subset), and a list that no longer has the expected shape stops the build with one
+line.
 
 The wheel goes to CACHE_DIR/llama-cpp-python-VERSION-KEY/, KEY a hash of the version, the
 options and the kept levels: pip's own wheel cache is keyed by the source alone and would
