@@ -237,7 +237,7 @@ from llama_cpp.llama_cpp import _base_path, _lib
 from tunelab.deploy import llama_runtime
 _lib.ggml_backend_load.argtypes = [__import__("ctypes").c_char_p]
 _lib.ggml_backend_load(str(_base_path / f"libggml-cpu-{sys.argv[1]}.so").encode())
-print(llama_runtime.cpu_backend(), file=sys.stderr)  # registered already: "built-in" path
+print(llama_runtime.cpu_backend(), file=sys.stderr)  # one registered already: "built-in"
 llm = llama_runtime.load(sys.argv[2], context=256, threads=2)
 prompts = json.loads(sys.argv[3])
 ids = [llama_runtime.chat_prompt_tokens(llm, messages) for messages in prompts]
@@ -259,6 +259,7 @@ def test_the_portable_x64_backend_gives_transformers_greedy_tokens(tiny_base_dir
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "libggml-cpu-x64.so" in done.stderr  # ggml's own line: which library it loaded
+    assert "built-in" in done.stderr.splitlines()  # cpu_backend left a loaded backend alone
     generated = json.loads(done.stdout.splitlines()[-1])
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32).eval()
     for messages, got in zip(PROMPTS, generated):

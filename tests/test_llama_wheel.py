@@ -86,7 +86,7 @@ def test_the_cache_key_follows_the_options_and_the_version(monkeypatch, tmp_path
     assert other.name.startswith("llama-cpp-python-0.3.37-") and other != first
 
 
-def test_a_cached_wheel_is_used_without_building(monkeypatch, tmp_path):
+def test_a_cached_wheel_is_used_without_building(tmp_path):
     sdist = tmp_path / "llama_cpp_python-0.3.36.tar.gz"  # never opened: the wheel is cached
     cached = llama_wheel.wheel_dir(tmp_path, sdist)
     cached.mkdir()

@@ -13,9 +13,8 @@
         from params.yaml, which Git shares.
 
 Both have ``answer(messages, schema, name) -> str``, ``close()``, ``engine`` and ``details``
-(what judge.json records beside the engine's name). Everything that stops
-an endpoint from answering (down, a refused key, an HTTP error) is one JudgeError line
-naming the URL.
+(what judge.json records beside the engine's name). Everything that stops an endpoint from
+answering (down, a refused key, an HTTP error) is one JudgeError line naming the URL.
 """
 
 from __future__ import annotations
